@@ -1,0 +1,49 @@
+"""A node's identity and data, from its Context.
+
+In deployment a SuperNode is started with ``--node-config 'partition-id=3 num-partitions=10
+role="benign"'``; in simulation Flower sets ``partition-id`` and ``num-partitions`` itself and
+the role defaults to benign.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+from flwr.app import Context
+
+from flbackdoor.config import ExperimentConfig
+from flbackdoor.data.cache import cache_dir, load_partition, prepare
+
+ROLES = ("benign", "malicious")
+
+
+@dataclass(frozen=True)
+class NodeIdentity:
+    partition_id: int
+    role: str
+
+
+def identity(context: Context, cfg: ExperimentConfig) -> NodeIdentity:
+    nc = context.node_config
+    if "partition-id" not in nc:
+        raise ValueError("node_config lacks partition-id (start the SuperNode with "
+                         "--node-config 'partition-id=<i> num-partitions=<K>')")
+    pid = int(nc["partition-id"])
+    k = int(nc.get("num-partitions", cfg.num_clients))
+    if k != cfg.num_clients:
+        raise ValueError(f"node_config num-partitions={k} but the experiment has "
+                         f"num_clients={cfg.num_clients}")
+    role = str(nc.get("role", "benign"))
+    if role not in ROLES:
+        raise ValueError(f"node_config role={role!r} is not one of {', '.join(ROLES)}")
+    return NodeIdentity(pid, role)
+
+
+def partition_data(cfg: ExperimentConfig, partition_id: int) -> tuple[np.ndarray, np.ndarray]:
+    """This node's training data: from the cache, built here first if this host has none."""
+    folder: Path = cache_dir(cfg)
+    if not (folder / "meta.json").exists():
+        folder = prepare(cfg)
+    return load_partition(folder, partition_id)

@@ -1,0 +1,230 @@
+"""The experiment's typed schema, its validation, and its trip through Flower's run config.
+
+The schema is registered with Hydra (``schema`` in ``conf/config.yaml``), so Hydra type-checks
+every YAML file and override against it; the YAML groups in ``conf/`` hold the values. The
+ServerApp and ClientApps receive the resolved config as one JSON string and rebuild the same
+dataclasses with :func:`from_dict`, without importing Hydra.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+DATASETS = ("mnist", "fashion_mnist", "cifar10", "femnist")
+MODELS = ("sun_emnist_cnn", "wu_mnist_cnn", "wu_fmnist_cnn", "wu_cifar_cnn")
+PARTITIONS = ("iid", "natural", "k_label", "dirichlet")
+FEDERATIONS = ("local", "simulation", "remote")
+DEVICES = ("auto", "cpu", "cuda")
+
+
+class ConfigError(ValueError):
+    """An experiment config that cannot run; the message is one line naming the key."""
+
+
+@dataclass
+class DataConfig:
+    root: str = "data"  # torchvision layout (MNIST/raw, ...) and femnist/*.parquet
+    cache_dir: str = ".cache/flbackdoor"  # memory-mapped partition caches, written once
+    download: bool = True  # torchvision download when files are missing (needs a network)
+
+
+@dataclass
+class DatasetConfig:
+    name: str = "mnist"
+    num_classes: int = 10
+    channels: int = 1
+    image_size: int = 28
+    mean: list[float] = field(default_factory=lambda: [0.1307])
+    std: list[float] = field(default_factory=lambda: [0.3081])
+    # FEMNIST ships dark ink on white (LEAF); inverting makes it look like MNIST to the model.
+    invert: bool = False
+    # FEMNIST only: a Hugging Face hub id, or a folder of parquet shards with the same schema.
+    source: str = ""
+    digits_only: bool = True
+    test_fraction: float = 0.1  # per-writer held-out share (FEMNIST has one split)
+    max_train_samples: int = 0  # >0: a seeded subset of the training set (quick runs, tests)
+
+
+@dataclass
+class ModelConfig:
+    name: str = "wu_mnist_cnn"
+    conv_channels: list[int] = field(default_factory=lambda: [20, 50])
+    hidden: list[int] = field(default_factory=lambda: [500])
+    dropout: list[float] = field(default_factory=list)
+
+
+@dataclass
+class PartitionConfig:
+    name: str = "iid"
+    labels_per_client: int = 3  # k_label
+    alpha: float = 0.5  # dirichlet
+    min_partition_size: int = 10  # dirichlet
+    natural_key: str = "writer_id"  # natural
+
+
+@dataclass
+class ClientConfig:
+    epochs: int = 1
+    batch_size: int = 32
+    lr: float = 0.05
+    momentum: float = 0.0
+    weight_decay: float = 0.0
+    # Threads per client process: 1 keeps N client processes on a few cores from thrashing.
+    num_threads: int = 1
+
+
+@dataclass
+class ServerConfig:
+    lr: float = 1.0  # eta in w_{t+1} = w_t + eta * sum(n_k * delta_k) / sum(n_k)
+    round_timeout_s: float = 600.0
+    min_replies: int = 1  # a round with fewer replies keeps the previous model
+    poll_interval_s: float = 0.1
+    eval_batch_size: int = 1000
+    eval_max_samples: int = 0  # 0: the whole held-out test set
+    identify_timeout_s: float = 300.0
+
+
+@dataclass
+class FederationConfig:
+    mode: str = "local"
+    host: str = "127.0.0.1"  # local: address every local process binds to
+    startup_timeout_s: float = 120.0
+    max_local_nodes: int = 64  # local starts one OS process per client
+    superexec_poll_interval_s: float = 0.2  # FLWR_SUPEREXEC_TASK_POLL_INTERVAL (default 1 s)
+    client_num_cpus: int = 1  # simulation: Ray CPUs per virtual client (Flower takes whole CPUs)
+    client_num_gpus: float = 0.0
+    ray_address: str = ""  # simulation: join an existing Ray cluster ("auto" or host:port)
+    address: str = ""  # remote: the SuperLink's Control API, host:port
+    insecure: bool = True  # remote: plaintext (loopback or a trusted network only)
+    root_certificates: str = ""  # remote: CA bundle for TLS
+    results_dir: str = ""  # remote: where the ServerApp writes results on the SuperLink host
+
+
+@dataclass
+class ExperimentConfig:
+    seed: int = 0
+    num_rounds: int = 5
+    num_clients: int = 10  # K
+    clients_per_round: int = 10  # C*K
+    device: str = "auto"
+    data: DataConfig = field(default_factory=DataConfig)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    partition: PartitionConfig = field(default_factory=PartitionConfig)
+    client: ClientConfig = field(default_factory=ClientConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+
+
+def _check(ok: bool, message: str) -> None:
+    if not ok:
+        raise ConfigError(message)
+
+
+def _one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    _check(value in allowed, f"{key}={value!r} is not one of {', '.join(allowed)}")
+
+
+def validate(cfg: ExperimentConfig) -> ExperimentConfig:
+    """Raise :class:`ConfigError` on the first value that cannot run; return ``cfg``."""
+    _one_of("dataset.name", cfg.dataset.name, DATASETS)
+    _one_of("model.name", cfg.model.name, MODELS)
+    _one_of("partition.name", cfg.partition.name, PARTITIONS)
+    _one_of("federation.mode", cfg.federation.mode, FEDERATIONS)
+    _one_of("device", cfg.device, DEVICES)
+    _check(cfg.num_rounds >= 1, f"num_rounds={cfg.num_rounds} must be at least 1")
+    _check(cfg.num_clients >= 1, f"num_clients={cfg.num_clients} must be at least 1")
+    _check(
+        1 <= cfg.clients_per_round <= cfg.num_clients,
+        f"clients_per_round={cfg.clients_per_round} must be between 1 and "
+        f"num_clients={cfg.num_clients}",
+    )
+    c = cfg.client
+    _check(c.lr > 0, f"client.lr={c.lr} must be positive")
+    _check(c.epochs >= 1, f"client.epochs={c.epochs} must be at least 1")
+    _check(c.batch_size >= 1, f"client.batch_size={c.batch_size} must be at least 1")
+    _check(0 <= c.momentum < 1, f"client.momentum={c.momentum} must be in [0, 1)")
+    _check(c.weight_decay >= 0, f"client.weight_decay={c.weight_decay} must be >= 0")
+    _check(c.num_threads >= 1, f"client.num_threads={c.num_threads} must be at least 1")
+    s = cfg.server
+    _check(s.lr > 0, f"server.lr={s.lr} must be positive")
+    _check(s.round_timeout_s > 0, f"server.round_timeout_s={s.round_timeout_s} must be positive")
+    _check(
+        1 <= s.min_replies <= cfg.clients_per_round,
+        f"server.min_replies={s.min_replies} must be between 1 and "
+        f"clients_per_round={cfg.clients_per_round}",
+    )
+    _check(s.poll_interval_s > 0, f"server.poll_interval_s={s.poll_interval_s} must be positive")
+    _check(s.eval_max_samples >= 0, f"server.eval_max_samples={s.eval_max_samples} must be >= 0")
+    d = cfg.dataset
+    _check(
+        len(d.mean) == len(d.std) == d.channels,
+        f"dataset.mean and dataset.std need one value per channel ({d.channels})",
+    )
+    _check(0 < d.test_fraction < 1, f"dataset.test_fraction={d.test_fraction} must be in (0, 1)")
+    _check(d.max_train_samples >= 0, f"dataset.max_train_samples={d.max_train_samples} must be >= 0")
+    p = cfg.partition
+    if p.name == "k_label":
+        _check(
+            1 <= p.labels_per_client <= d.num_classes,
+            f"partition.labels_per_client={p.labels_per_client} must be between 1 and "
+            f"dataset.num_classes={d.num_classes}",
+        )
+    if p.name == "dirichlet":
+        _check(p.alpha > 0, f"partition.alpha={p.alpha} must be positive")
+    if p.name == "natural":
+        _check(
+            d.name == "femnist",
+            f"partition=natural needs a dataset with writers (femnist), not {d.name}",
+        )
+    m = cfg.model
+    _check(len(m.conv_channels) >= 1, "model.conv_channels needs at least one layer")
+    _check(all(w >= 1 for w in m.conv_channels + m.hidden), "model widths must be >= 1")
+    f = cfg.federation
+    if f.mode == "local":
+        _check(
+            cfg.num_clients <= f.max_local_nodes,
+            f"federation=local starts one process per client; num_clients={cfg.num_clients} "
+            f"exceeds federation.max_local_nodes={f.max_local_nodes} (use federation=simulation)",
+        )
+    if f.mode == "remote":
+        _check(bool(f.address), "federation=remote needs federation.address=<host:port>")
+        _check(
+            f.insecure or bool(f.root_certificates),
+            "federation=remote with insecure=false needs federation.root_certificates",
+        )
+    return cfg
+
+
+def from_dict(cls: type, data: dict[str, Any]) -> Any:
+    """Build dataclass ``cls`` (recursively) from a plain dict; unknown keys are an error."""
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(data) - names
+    if unknown:
+        raise ConfigError(f"unknown key(s) for {cls.__name__}: {', '.join(sorted(unknown))}")
+    kwargs = {}
+    for name, value in data.items():
+        kind = hints[name]
+        kwargs[name] = from_dict(kind, value) if dataclasses.is_dataclass(kind) else value
+    return cls(**kwargs)
+
+
+def to_json(cfg: ExperimentConfig) -> str:
+    return json.dumps(dataclasses.asdict(cfg), sort_keys=True)
+
+
+def from_json(text: str) -> ExperimentConfig:
+    return from_dict(ExperimentConfig, json.loads(text))
+
+
+def from_run_config(run_config: dict[str, Any]) -> tuple[ExperimentConfig, Path | None]:
+    """The experiment and output folder that ``flbackdoor`` put into Flower's run config."""
+    cfg = from_json(str(run_config["experiment"]))
+    out = str(run_config.get("output-dir", ""))
+    return cfg, (Path(out) if out else None)

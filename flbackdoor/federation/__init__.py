@@ -1,0 +1,23 @@
+"""Launchers: start (or reach) a Flower federation and submit the experiment to it.
+
+- ``local``: one SuperLink and N SuperNodes as separate OS processes over gRPC on loopback.
+- ``simulation``: a SuperLink in simulation mode (Flower's Simulation Engine, Ray).
+- ``remote``: submit to a SuperLink someone else started (other hosts, containers).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flbackdoor.config import ExperimentConfig
+
+
+def launch(cfg: ExperimentConfig, run_dir: Path) -> int:
+    """Run the experiment in the federation ``cfg.federation.mode``; return the Flower run id."""
+    if cfg.federation.mode == "local":
+        from flbackdoor.federation.local import run_local as run
+    elif cfg.federation.mode == "simulation":
+        from flbackdoor.federation.simulation import run_simulation as run
+    else:
+        from flbackdoor.federation.remote import run_remote as run
+    return run(cfg, run_dir)

@@ -1,0 +1,45 @@
+"""federation=local: a SuperLink and one SuperNode per client, each its own OS process, talking
+gRPC (Fleet API) on loopback. Every process is stopped on success, error and Ctrl-C."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flbackdoor.config import ExperimentConfig
+from flbackdoor.federation.processes import ProcessGroup, free_port, port_open
+from flbackdoor.federation.submit import flwr_bin, flwr_env, submit, write_flwr_home, write_run_config
+
+
+def node_roles(cfg: ExperimentConfig) -> list[str]:
+    """The role each partition's SuperNode is started with."""
+    return ["benign"] * cfg.num_clients
+
+
+def superlink_cmd(host: str, fleet_port: int, http_port: int, simulation: bool = False) -> list[str]:
+    cmd = [flwr_bin("flower-superlink"), "--insecure", "--isolation", "subprocess",
+           "--disable-runtime-dependency-installation",
+           "--fleet-api-address", f"{host}:{fleet_port}", "--host", host, "--port", str(http_port)]
+    return cmd + (["--simulation"] if simulation else [])
+
+
+def supernode_cmd(host: str, fleet_port: int, port: int, partition_id: int, num_partitions: int,
+                  role: str) -> list[str]:
+    node_config = f'partition-id={partition_id} num-partitions={num_partitions} role="{role}"'
+    return [flwr_bin("flower-supernode"), "--insecure", "--superlink", f"{host}:{fleet_port}",
+            "--port", str(port), "--node-config", node_config]
+
+
+def run_local(cfg: ExperimentConfig, run_dir: Path) -> int:
+    f = cfg.federation
+    fleet, http = free_port(f.host), free_port(f.host)
+    home = write_flwr_home(run_dir, f"{f.host}:{http}")
+    env = flwr_env(home, {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": str(f.superexec_poll_interval_s)})
+    run_config = write_run_config(cfg, run_dir, run_dir)
+    with ProcessGroup(run_dir / "logs", env) as procs:
+        procs.start("superlink", superlink_cmd(f.host, fleet, http))
+        procs.wait_for(lambda: port_open(f.host, http) and port_open(f.host, fleet),
+                       f.startup_timeout_s, "SuperLink")
+        for pid, role in enumerate(node_roles(cfg)):
+            procs.start(f"supernode-{pid}",
+                        supernode_cmd(f.host, fleet, free_port(f.host), pid, cfg.num_clients, role))
+        return submit(run_dir, run_config, env, procs)

@@ -1,0 +1,18 @@
+"""federation=remote: submit to a SuperLink that is already running (another host, a
+container). The ServerApp runs next to that SuperLink, so results land in
+``federation.results_dir`` on its host (default: this run's folder path, for a shared disk)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from flbackdoor.config import ExperimentConfig
+from flbackdoor.federation.submit import flwr_env, submit, write_flwr_home, write_run_config
+
+
+def run_remote(cfg: ExperimentConfig, run_dir: Path) -> int:
+    f = cfg.federation
+    home = write_flwr_home(run_dir, f.address, f.insecure, f.root_certificates)
+    results = Path(f.results_dir) if f.results_dir else run_dir
+    run_config = write_run_config(cfg, run_dir, results)
+    return submit(run_dir, run_config, flwr_env(home))

@@ -1,0 +1,137 @@
+"""Submit the Flower App with ``flwr run``, stream its logs, and learn how the run ended.
+
+``flwr run --stream`` exits 0 even when the ServerApp crashed, so the verdict comes from
+``flwr ls --run-id <id> --format json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import tomli_w
+
+from flbackdoor.config import ExperimentConfig, to_json
+from flbackdoor.federation.processes import ProcessFailed, ProcessGroup
+
+APP_DIR = Path(__file__).resolve().parents[2]  # the repo: pyproject.toml with [tool.flwr.app]
+CONNECTION = "flbackdoor"
+
+
+class RunFailed(RuntimeError):
+    """The Flower run did not finish successfully."""
+
+
+def flwr_bin(name: str) -> str:
+    """A Flower executable from the same environment as this Python."""
+    local = Path(sys.executable).parent / name
+    return str(local) if local.exists() else (shutil.which(name) or name)
+
+
+def write_flwr_home(run_dir: Path, address: str, insecure: bool = True,
+                    root_certificates: str = "") -> Path:
+    """A private FLWR_HOME with one SuperLink connection, so nothing touches ~/.flwr."""
+    home = run_dir / "flwr_home"
+    home.mkdir(parents=True, exist_ok=True)
+    conn: dict = {"address": address, "insecure": insecure}
+    if root_certificates:
+        conn["root-certificates"] = str(Path(root_certificates).resolve())
+    config = {"superlink": {"default": CONNECTION, CONNECTION: conn}}
+    (home / "config.toml").write_text(tomli_w.dumps(config))
+    return home
+
+
+def write_run_config(cfg: ExperimentConfig, run_dir: Path, output_dir: Path) -> Path:
+    path = run_dir / "run_config.toml"
+    path.write_text(tomli_w.dumps({"experiment": to_json(cfg), "output-dir": str(output_dir)}))
+    return path
+
+
+def flwr_env(flwr_home: Path, extra: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ)
+    # Flower starts its own helpers (flower-superexec, flwr-clientapp) by name from PATH.
+    env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
+    env.update({
+        "FLWR_HOME": str(flwr_home),
+        # The SuperLink would otherwise `uv sync` the app's dependencies afresh (GBs).
+        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+        "FLWR_DISABLE_UPDATE_CHECK": "1",
+        "PYTHONUNBUFFERED": "1",
+    })
+    env.update(extra or {})
+    return env
+
+
+def submit(
+    run_dir: Path,
+    run_config: Path,
+    env: dict[str, str],
+    procs: ProcessGroup | None = None,
+    federation_config: str | None = None,
+) -> int:
+    """``flwr run`` the app, echo its log stream, and raise :class:`RunFailed` unless it
+    finished; a federation process dying meanwhile ends the run too."""
+    cmd = [flwr_bin("flwr"), "run", str(APP_DIR), CONNECTION, "--run-config", str(run_config),
+           "--stream"]
+    if federation_config:
+        cmd += ["--federation-config", federation_config]
+    log_path = run_dir / "run.log"
+    run_id: int | None = None
+    with log_path.open("w") as log:
+        proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                                env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+        watchdog_error: list[Exception] = []
+        done = threading.Event()
+
+        def watch() -> None:  # a dead SuperLink would leave the stream hanging forever
+            while not done.wait(1.0):
+                try:
+                    if procs:
+                        procs.check_alive()
+                except ProcessFailed as err:
+                    watchdog_error.append(err)
+                    proc.terminate()
+                    return
+
+        threading.Thread(target=watch, daemon=True).start()
+        try:
+            assert proc.stdout is not None
+            for line in proc.stdout:
+                log.write(line)
+                log.flush()
+                sys.stdout.write(line)
+                sys.stdout.flush()
+                if run_id is None and (m := re.search(r"Successfully started run (\d+)", line)):
+                    run_id = int(m.group(1))
+            proc.wait()
+        finally:
+            done.set()
+            if proc.poll() is None:
+                proc.terminate()
+                proc.wait()
+    if watchdog_error:
+        raise RunFailed(str(watchdog_error[0]))
+    if run_id is None:
+        raise RunFailed(f"flwr run did not start a run (exit {proc.returncode}); see {log_path}")
+    status = run_status(run_id, env)
+    if status != "finished:completed":
+        raise RunFailed(f"run {run_id} ended with status {status!r}; see {log_path}")
+    return run_id
+
+
+def run_status(run_id: int, env: dict[str, str]) -> str:
+    out = subprocess.run(
+        [flwr_bin("flwr"), "ls", CONNECTION, "--run-id", str(run_id), "--format", "json"],
+        capture_output=True, text=True, env=env, timeout=60,
+    )
+    try:
+        runs = json.loads(out.stdout)["runs"]
+        return str(runs[0]["status"])
+    except (ValueError, KeyError, IndexError):
+        return f"unknown ({out.stdout.strip() or out.stderr.strip()})"

@@ -1,0 +1,90 @@
+"""The papers' networks, built for any dataset's input shape.
+
+- ``sun_emnist_cnn``: Sun et al.'s EMNIST CNN: conv32, conv64, maxpool, dropout 0.25, dense128,
+  dropout 0.5, dense out (TFF ``targeted_attack`` reference).
+- ``wu_mnist_cnn``: Wu et al.'s MNIST net, 2 conv (20, 50 channels) + 2 FC; Table III's smaller
+  8/16 variant is ``model.conv_channels=[8,16]``.
+- ``wu_fmnist_cnn``: their Fashion-MNIST net, 3 conv + 2 FC.
+- ``wu_cifar_cnn``: their CIFAR-10 net, 4 conv + 3 FC.
+
+Every model exposes ``last_conv`` (the layer whose output channels federated pruning ranks).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from flbackdoor.config import ModelConfig
+
+
+class ConvNet(nn.Module):
+    """Conv blocks, then a dense head; the shape of all four papers' networks."""
+
+    def __init__(
+        self,
+        features: nn.Sequential,
+        in_shape: tuple[int, int, int],
+        hidden: list[int],
+        num_classes: int,
+        dense_dropout: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.features = features
+        with torch.no_grad():
+            flat = features(torch.zeros(1, *in_shape)).numel()
+        layers: list[nn.Module] = [nn.Flatten()]
+        for width in hidden:
+            layers += [nn.Linear(flat, width), nn.ReLU()]
+            if dense_dropout:
+                layers.append(nn.Dropout(dense_dropout))
+            flat = width
+        layers.append(nn.Linear(flat, num_classes))
+        self.classifier = nn.Sequential(*layers)
+
+    @property
+    def last_conv(self) -> nn.Conv2d:
+        return [m for m in self.features if isinstance(m, nn.Conv2d)][-1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.features(x))
+
+
+def _conv_pool_blocks(in_ch: int, widths: list[int], kernel: int, pool_every: int) -> list[nn.Module]:
+    layers: list[nn.Module] = []
+    for i, width in enumerate(widths):
+        layers += [nn.Conv2d(in_ch, width, kernel, padding=kernel // 2), nn.ReLU()]
+        if (i + 1) % pool_every == 0:
+            layers.append(nn.MaxPool2d(2))
+        in_ch = width
+    return layers
+
+
+def build_model(cfg: ModelConfig, channels: int, image_size: int, num_classes: int) -> ConvNet:
+    shape = (channels, image_size, image_size)
+    widths = list(cfg.conv_channels)
+    if cfg.name == "sun_emnist_cnn":
+        # Two 3x3 valid convs, one pool, dropout before and inside the head (TFF reference).
+        drop = list(cfg.dropout) or [0.25, 0.5]
+        layers: list[nn.Module] = []
+        in_ch = channels
+        for width in widths:
+            layers += [nn.Conv2d(in_ch, width, 3), nn.ReLU()]
+            in_ch = width
+        layers += [nn.MaxPool2d(2), nn.Dropout(drop[0])]
+        return ConvNet(nn.Sequential(*layers), shape, cfg.hidden, num_classes, drop[1])
+    if cfg.name == "wu_mnist_cnn":
+        # LeNet-style: 5x5 valid conv + pool after each conv.
+        layers = []
+        in_ch = channels
+        for width in widths:
+            layers += [nn.Conv2d(in_ch, width, 5), nn.ReLU(), nn.MaxPool2d(2)]
+            in_ch = width
+        return ConvNet(nn.Sequential(*layers), shape, cfg.hidden, num_classes)
+    if cfg.name == "wu_fmnist_cnn":
+        features = nn.Sequential(*_conv_pool_blocks(channels, widths, 3, pool_every=1))
+        return ConvNet(features, shape, cfg.hidden, num_classes)
+    if cfg.name == "wu_cifar_cnn":
+        features = nn.Sequential(*_conv_pool_blocks(channels, widths, 3, pool_every=2))
+        return ConvNet(features, shape, cfg.hidden, num_classes)
+    raise ValueError(f"unknown model {cfg.name!r}")

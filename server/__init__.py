@@ -1,0 +1,2 @@
+"""What runs on the server: the ServerApp, node registry and sampling, the round loop,
+aggregation, central evaluation and the results files."""

@@ -1,0 +1,67 @@
+"""Who is who: a ``query.identify`` wave asks every node for its partition id and role.
+
+The server cannot read a node's ``node_config``; in deployment a node's identity lives there
+(``partition-id``, ``role``), in simulation Flower sets ``partition-id`` itself. One query round
+at start-up gives the server the same map in both.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from logging import INFO, WARNING
+
+from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.common.logger import log
+from flwr.serverapp import Grid
+
+from server.messaging import send_and_collect
+
+IDENTIFY = "query.identify"
+
+
+@dataclass(frozen=True)
+class Node:
+    node_id: int
+    partition_id: int
+    role: str  # "benign" | "malicious"
+
+
+def wait_for_nodes(grid: Grid, count: int, timeout: float) -> list[int]:
+    """Node ids once ``count`` nodes are connected, or whatever connected by ``timeout``."""
+    deadline = time.monotonic() + timeout
+    last = -1
+    while True:
+        nodes = sorted(grid.get_node_ids())
+        if len(nodes) >= count or time.monotonic() >= deadline:
+            return nodes
+        if len(nodes) != last:
+            log(INFO, "waiting for nodes: %d of %d connected", len(nodes), count)
+            last = len(nodes)
+        time.sleep(0.2)
+
+
+def identify(grid: Grid, expected: int, timeout: float, poll_interval: float) -> dict[int, Node]:
+    """Partition id -> node, for every node that answered with a valid, unclaimed partition."""
+    node_ids = wait_for_nodes(grid, expected, timeout)
+    ask = [
+        Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=n, message_type=IDENTIFY)
+        for n in node_ids
+    ]
+    wave = send_and_collect(grid, ask, timeout, poll_interval)
+    by_partition: dict[int, Node] = {}
+    for reply in wave.ok:
+        info = reply.content["node"]
+        node = Node(reply.metadata.src_node_id, int(info["partition-id"]), str(info["role"]))
+        if not 0 <= node.partition_id < expected:
+            log(WARNING, "node %s claims partition %s outside 0..%s: ignored",
+                node.node_id, node.partition_id, expected - 1)
+        elif node.partition_id in by_partition:
+            log(WARNING, "node %s claims partition %s already held by node %s: ignored",
+                node.node_id, node.partition_id, by_partition[node.partition_id].node_id)
+        else:
+            by_partition[node.partition_id] = node
+    roles = sorted({n.role for n in by_partition.values()})
+    log(INFO, "identified %d of %d partitions (roles: %s)", len(by_partition), expected,
+        ", ".join(f"{r}={sum(n.role == r for n in by_partition.values())}" for r in roles))
+    return by_partition

@@ -1,0 +1,51 @@
+"""Shared fixtures: the real data beside the repo, and helpers to run ``flbackdoor`` for real."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
+
+
+def _has_mnist() -> bool:
+    return (SHARED_DATA / "MNIST" / "raw" / "train-images-idx3-ubyte").exists()
+
+
+requires_shared_data = pytest.mark.skipif(
+    not _has_mnist(), reason=f"real data not found at {SHARED_DATA} (CI always has it)")
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """One partition cache for the whole session, like a user's ``.cache/flbackdoor``."""
+    return tmp_path_factory.mktemp("cache")
+
+
+def flbackdoor(args: list[str], timeout: float = 600, env: dict | None = None,
+               **popen) -> subprocess.CompletedProcess:
+    """Run the real ``flbackdoor`` command (Hydra app) in a fresh Python process."""
+    return subprocess.run(
+        [sys.executable, "-m", "flbackdoor.cli", *args], cwd=REPO, capture_output=True, text=True,
+        timeout=timeout, env={**os.environ, **(env or {})}, **popen)
+
+
+def flower_processes() -> set[int]:
+    """Live (non-zombie) Flower processes on this machine: the ones a run must not leave."""
+    found = set()
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        names = ("flower-superlink", "flower-supernode", "flower-superexec", "flwr-serverapp",
+                 "flwr-clientapp", "flwr-simulation", "ray::", "raylet", "gcs_server")
+        if state != "Z" and any(n in cmd for n in names):
+            found.add(int(proc.name))
+    return found

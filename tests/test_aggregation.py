@@ -1,0 +1,38 @@
+import pytest
+import torch
+
+from server.aggregation import apply_update, deltas_from, fedavg, weighted_mean
+
+
+def test_fedavg_matches_hand_computation():
+    w = {"a": torch.tensor([1.0, 2.0]), "b": torch.tensor([[0.0]])}
+    # Two clients: n = 1 and 3; their models, hence deltas (+2, -2) and (+4, 0) on "a".
+    w1 = {"a": torch.tensor([3.0, 0.0]), "b": torch.tensor([[1.0]])}
+    w2 = {"a": torch.tensor([5.0, 2.0]), "b": torch.tensor([[-1.0]])}
+    deltas = [deltas_from(w, w1), deltas_from(w, w2)]
+    out = fedavg(w, deltas, [1, 3], server_lr=0.5)
+    # mean delta a = (1*[2,-2] + 3*[4,0]) / 4 = [3.5, -0.5]; b = (1*1 + 3*-1)/4 = -0.5
+    assert torch.allclose(out["a"], torch.tensor([1.0 + 0.5 * 3.5, 2.0 + 0.5 * -0.5]))
+    assert torch.allclose(out["b"], torch.tensor([[-0.25]]))
+
+
+def test_server_lr_one_is_plain_weighted_model_average():
+    w = {"a": torch.randn(5)}
+    clients = [{"a": torch.randn(5)} for _ in range(3)]
+    n = [10, 20, 70]
+    out = fedavg(w, [deltas_from(w, c) for c in clients], n, server_lr=1.0)
+    expected = sum(k / 100 * c["a"] for k, c in zip(n, clients))
+    assert torch.allclose(out["a"], expected, atol=1e-6)
+
+
+def test_integer_buffers_keep_their_dtype():
+    w = {"steps": torch.tensor(3, dtype=torch.int64)}
+    out = apply_update(w, {"steps": torch.tensor(2.0)}, 1.0)
+    assert out["steps"].dtype == torch.int64 and out["steps"].item() == 5
+
+
+def test_weighted_mean_rejects_empty_or_zero_weight():
+    with pytest.raises(ValueError):
+        weighted_mean([], [])
+    with pytest.raises(ValueError):
+        weighted_mean([{"a": torch.ones(1)}], [0])

@@ -1,0 +1,93 @@
+"""Config composition and validation: every bad value fails with one clear line, early."""
+
+import dataclasses
+
+import pytest
+from hydra import compose, initialize_config_dir
+from hydra.errors import ConfigCompositionException
+from omegaconf import OmegaConf
+
+from flbackdoor.cli import CONF_DIR, resolve
+from flbackdoor.config import ConfigError, ExperimentConfig, from_json, to_json, validate
+
+from conftest import flbackdoor, flower_processes
+
+
+def composed(*overrides: str):
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def test_default_config_is_the_readme_default():
+    cfg = resolve(composed())
+    assert (cfg.dataset.name, cfg.num_clients, cfg.federation.mode) == ("mnist", 10, "local")
+    assert cfg.clients_per_round == 10
+
+
+def test_json_round_trip_is_lossless():
+    cfg = resolve(composed("experiment=femnist_simulation"))
+    assert from_json(to_json(cfg)) == cfg
+    assert cfg.num_clients == 3580 and cfg.clients_per_round == 30
+
+
+@pytest.mark.parametrize("override, message", [
+    ("dataset.name=svhn", "dataset.name='svhn' is not one of"),
+    ("client.lr=-0.1", "client.lr=-0.1 must be positive"),
+    ("clients_per_round=11", "clients_per_round=11 must be between 1 and num_clients=10"),
+    ("num_rounds=0", "num_rounds=0 must be at least 1"),
+    ("server.lr=0", "server.lr=0.0 must be positive"),
+    ("client.momentum=1.5", "client.momentum=1.5 must be in [0, 1)"),
+    ("partition=natural", "partition=natural needs a dataset with writers"),
+    ("num_clients=500", "federation=local starts one process per client"),
+    ("federation=remote", "federation=remote needs federation.address"),
+])
+def test_invalid_values_fail_with_a_clear_message(override, message):
+    with pytest.raises(ConfigError) as err:
+        resolve(composed(override))
+    assert message in str(err.value) and "\n" not in str(err.value)
+
+
+def test_k_label_bounded_by_number_of_classes():
+    with pytest.raises(ConfigError, match="labels_per_client=11"):
+        resolve(composed("partition=k_label", "partition.labels_per_client=11"))
+
+
+def test_wrong_type_and_unknown_group_rejected_by_hydra_schema():
+    with pytest.raises(Exception, match="num_rounds"):
+        composed("num_rounds=many")
+    with pytest.raises(ConfigCompositionException, match="dataset"):
+        composed("dataset=svhn")
+    with pytest.raises(Exception, match="not_a_key"):
+        composed("client.not_a_key=1")
+
+
+def test_from_dict_rejects_unknown_keys():
+    bad = dataclasses.asdict(ExperimentConfig()) | {"surprise": 1}
+    with pytest.raises(ConfigError, match="surprise"):
+        from flbackdoor.config import from_dict
+        from_dict(ExperimentConfig, bad)
+
+
+def test_cli_reports_bad_config_in_one_line_before_starting_anything(tmp_path):
+    before = flower_processes()
+    res = flbackdoor(["client.lr=-1", f"hydra.run.dir={tmp_path}"], timeout=120)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines()[-1] == "flbackdoor: error: client.lr=-1.0 must be positive"
+    assert not (tmp_path / "logs").exists(), "no federation process may start"
+    assert flower_processes() <= before
+
+
+def test_cli_reports_missing_data_in_one_line(tmp_path):
+    res = flbackdoor([f"data.root={tmp_path}/nothing", "data.download=false",
+                      f"data.cache_dir={tmp_path}/cache", f"hydra.run.dir={tmp_path}/run"],
+                     timeout=120)
+    assert res.returncode == 2
+    last = res.stderr.strip().splitlines()[-1]
+    assert last.startswith("flbackdoor: error: mnist not found: expected train-images-idx3-ubyte")
+    assert f"{tmp_path}/nothing/MNIST/raw" in last
+    assert not (tmp_path / "run" / "logs").exists()
+
+
+def test_validate_accepts_every_preset():
+    for preset in sorted((CONF_DIR / "experiment").glob("*.yaml")):
+        validate(resolve(composed(f"experiment={preset.stem}")))

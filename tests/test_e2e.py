@@ -1,0 +1,114 @@
+"""End to end on the real MNIST in ../shared/data: real Flower SuperLink/SuperNodes as separate
+OS processes talking gRPC on loopback, the Simulation Engine, and a Hydra multirun."""
+
+from __future__ import annotations
+
+import csv
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from server.results import read_metrics
+
+from conftest import REPO, SHARED_DATA, flbackdoor, flower_processes, requires_shared_data
+
+pytestmark = [requires_shared_data, pytest.mark.e2e]
+
+ROW_KEYS = {"round", "phase", "main_accuracy", "main_loss", "num_clients", "wall_time_s"}
+
+
+def small(cache_dir: Path, *extra: str) -> list[str]:
+    """3 clients, 2 rounds, a 3,000-image MNIST subset."""
+    return [f"data.root={SHARED_DATA}", f"data.cache_dir={cache_dir}", "num_clients=3",
+            "clients_per_round=3", "num_rounds=2", "dataset.max_train_samples=3000", *extra]
+
+
+def no_leftovers(before: set[int], timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while flower_processes() - before and time.monotonic() < deadline:
+        time.sleep(0.5)
+    return not (flower_processes() - before)
+
+
+def assert_results_contract(run_dir: Path, rounds: int) -> list[dict]:
+    rows = read_metrics(run_dir / "metrics.jsonl")
+    assert [r["round"] for r in rows] == list(range(1, rounds + 1))
+    assert all(ROW_KEYS <= set(r) and r["phase"] == "train" for r in rows)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["final"]["main_accuracy"] == rows[-1]["main_accuracy"]
+    assert summary["rounds"] == rounds and summary["wall_time_s"] > 0
+    assert summary["config"]["num_rounds"] == rounds
+    assert (run_dir / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    return rows
+
+
+def test_local_deployment_over_grpc(tmp_path, cache_dir):
+    before = flower_processes()
+    res = flbackdoor(small(cache_dir, f"hydra.run.dir={tmp_path}"))
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    rows = assert_results_contract(tmp_path, 2)
+    assert rows[-1]["main_accuracy"] > 0.8, rows  # chance is 0.1
+    assert rows[-1]["main_accuracy"] > rows[0]["main_accuracy"] - 0.02
+    assert [r["num_clients"] for r in rows] == [3, 3]
+    assert "[round 1/2] main_accuracy=" in res.stdout and "[round 2/2]" in res.stdout
+    # One SuperLink, three SuperNodes, each its own process with its own log, over gRPC.
+    logs = sorted(p.name for p in (tmp_path / "logs").iterdir())
+    assert logs == ["superlink.log", "supernode-0.log", "supernode-1.log", "supernode-2.log"]
+    assert "grpc" in (tmp_path / "logs" / "superlink.log").read_text().lower()
+    assert no_leftovers(before)
+
+
+def test_simulation_engine(tmp_path, cache_dir):
+    before = flower_processes()
+    res = flbackdoor(small(cache_dir, "federation=simulation", f"hydra.run.dir={tmp_path}"))
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    rows = assert_results_contract(tmp_path, 2)
+    assert rows[-1]["main_accuracy"] > 0.8, rows
+    assert "Starting Flower Simulation" in res.stdout
+    assert no_leftovers(before)
+
+
+def test_multirun_writes_sweep_summary(tmp_path, cache_dir):
+    before = flower_processes()
+    res = flbackdoor(["-m", *small(cache_dir, "federation=simulation", "num_rounds=1",
+                                   "client.lr=0.01,0.05", f"hydra.sweep.dir={tmp_path}")])
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    with (tmp_path / "sweep_summary.csv").open() as f:
+        rows = list(csv.DictReader(f))
+    assert [r["job"] for r in rows] == ["0", "1"]
+    assert [r["status"] for r in rows] == ["done", "done"]
+    assert "client.lr=0.01" in rows[0]["overrides"] and "client.lr=0.05" in rows[1]["overrides"]
+    for r in rows:
+        assert 0.1 < float(r["final_main_accuracy"]) <= 1.0 and r["rounds"] == "1"
+        assert (tmp_path / r["job"] / "metrics.jsonl").exists()
+    assert no_leftovers(before)
+
+
+def test_failed_run_exits_nonzero_and_stops_everything(tmp_path, cache_dir):
+    # An identify query that cannot be answered in 1 ms makes the ServerApp raise.
+    before = flower_processes()
+    res = flbackdoor(small(cache_dir, "server.identify_timeout_s=0.001", f"hydra.run.dir={tmp_path}"))
+    assert res.returncode == 1
+    assert "flbackdoor: run failed: run" in res.stderr and "finished:failed" in res.stderr
+    assert no_leftovers(before)
+
+
+def test_ctrl_c_stops_every_process(tmp_path, cache_dir):
+    before = flower_processes()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flbackdoor.cli", *small(cache_dir, "num_rounds=50",
+                                                        f"hydra.run.dir={tmp_path}")],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:  # wait until the federation is really running a round
+        if "identified 3 of 3 partitions" in line:
+            break
+    assert len(flower_processes() - before) >= 4, "SuperLink and 3 SuperNodes should be up"
+    proc.send_signal(signal.SIGINT)
+    proc.communicate(timeout=60)
+    assert no_leftovers(before)

@@ -1,0 +1,46 @@
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from flbackdoor.cli import CONF_DIR
+from flbackdoor.config import ModelConfig
+from flbackdoor.models import build_model
+
+SHAPES = {"mnist": (1, 28, 10), "fashion_mnist": (1, 28, 10), "femnist": (1, 28, 10),
+          "cifar10": (3, 32, 10)}
+
+
+def model_cfg(name: str) -> ModelConfig:
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        cfg = compose("config", overrides=[f"model={name}"])
+    return OmegaConf.to_object(cfg).model
+
+
+@pytest.mark.parametrize("model", ["sun_emnist_cnn", "wu_mnist_cnn", "wu_fmnist_cnn", "wu_cifar_cnn"])
+@pytest.mark.parametrize("dataset", list(SHAPES))
+def test_forward_shape_on_every_dataset(model, dataset):
+    channels, size, classes = SHAPES[dataset]
+    net = build_model(model_cfg(model), channels, size, classes)
+    out = net(torch.zeros(4, channels, size, size))
+    assert out.shape == (4, classes)
+
+
+def test_paper_architectures():
+    sun = build_model(model_cfg("sun_emnist_cnn"), 1, 28, 10)
+    convs = [m for m in sun.features if isinstance(m, torch.nn.Conv2d)]
+    assert [c.out_channels for c in convs] == [32, 64]
+    drops = [m.p for m in sun.modules() if isinstance(m, torch.nn.Dropout)]
+    assert drops == [0.25, 0.5]
+    dense = [m for m in sun.classifier if isinstance(m, torch.nn.Linear)]
+    assert [d.out_features for d in dense] == [128, 10]
+
+    wu = build_model(model_cfg("wu_mnist_cnn"), 1, 28, 10)
+    assert wu.last_conv.out_channels == 50
+    assert len([m for m in wu.classifier if isinstance(m, torch.nn.Linear)]) == 2
+    fm = build_model(model_cfg("wu_fmnist_cnn"), 1, 28, 10)
+    assert len([m for m in fm.features if isinstance(m, torch.nn.Conv2d)]) == 3
+    assert len([m for m in fm.classifier if isinstance(m, torch.nn.Linear)]) == 2
+    cf = build_model(model_cfg("wu_cifar_cnn"), 3, 32, 10)
+    assert len([m for m in cf.features if isinstance(m, torch.nn.Conv2d)]) == 4
+    assert len([m for m in cf.classifier if isinstance(m, torch.nn.Linear)]) == 3
