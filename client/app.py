@@ -10,7 +10,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.node import identity, partition_data
+from client.node import identity, local_paths, partition_data
 from flbackdoor.config import from_run_config
 from flbackdoor.models import build_model
 from flbackdoor.training import Normalizer, as_tensors, pick_device, train as local_train
@@ -40,7 +40,7 @@ def train(msg: Message, context: Context) -> Message:
     d = cfg.dataset
     model = build_model(cfg.model, d.channels, d.image_size, d.num_classes).to(device)
     model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-    x, y = as_tensors(*partition_data(cfg, node.partition_id), device)
+    x, y = as_tensors(*partition_data(local_paths(context, cfg), node.partition_id), device)
     result = local_train(model, x, y, cfg.client, Normalizer(d, device),
                          torch.Generator().manual_seed(seed))
 

@@ -2,13 +2,17 @@
 
 In deployment a SuperNode is started with ``--node-config 'partition-id=3 num-partitions=10
 role="benign"'``; in simulation Flower sets ``partition-id`` and ``num-partitions`` itself and
-the role defaults to benign.
+the role defaults to benign. A node on another host names its own data folders with
+``data-root="..."`` and ``cache-dir="..."`` in its node config (the experiment's paths are the
+submitting machine's).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
+
+import dataclasses
 
 import numpy as np
 from flwr.app import Context
@@ -39,6 +43,14 @@ def identity(context: Context, cfg: ExperimentConfig) -> NodeIdentity:
     if role not in ROLES:
         raise ValueError(f"node_config role={role!r} is not one of {', '.join(ROLES)}")
     return NodeIdentity(pid, role)
+
+
+def local_paths(context: Context, cfg: ExperimentConfig) -> ExperimentConfig:
+    """``cfg`` with this host's data folders, where its node config names them."""
+    nc = context.node_config
+    data = dataclasses.replace(cfg.data, root=str(nc.get("data-root", cfg.data.root)),
+                               cache_dir=str(nc.get("cache-dir", cfg.data.cache_dir)))
+    return dataclasses.replace(cfg, data=data)
 
 
 def partition_data(cfg: ExperimentConfig, partition_id: int) -> tuple[np.ndarray, np.ndarray]:

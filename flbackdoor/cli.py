@@ -41,8 +41,9 @@ def run(dcfg: DictConfig) -> dict:
     run_dir = Path(HydraConfig.get().runtime.output_dir)
     log.info("experiment %s, results in %s", HydraConfig.get().runtime.choices.get("experiment"),
              run_dir)
-    cache = prepare(cfg)  # fails here, before any process starts, if the data is missing
-    log.info("data cache: %s", cache)
+    if cfg.federation.mode != "remote":  # remote data lives on the SuperLink's host
+        cache = prepare(cfg)  # fails here, before any process starts, if the data is missing
+        log.info("data cache: %s", cache)
     run_id = launch(cfg, run_dir)
     summary = read_summary(run_dir) if cfg.federation.mode != "remote" else {}
     if summary:

@@ -102,7 +102,7 @@ class FederationConfig:
     address: str = ""  # remote: the SuperLink's Control API, host:port
     insecure: bool = True  # remote: plaintext (loopback or a trusted network only)
     root_certificates: str = ""  # remote: CA bundle for TLS
-    results_dir: str = ""  # remote: where the ServerApp writes results on the SuperLink host
+    results_dir: str = ""  # remote: results folder on the SuperLink host ("" = this run's path)
 
 
 @dataclass

@@ -43,6 +43,7 @@ def wait_for_nodes(grid: Grid, count: int, timeout: float) -> list[int]:
 
 def identify(grid: Grid, expected: int, timeout: float, poll_interval: float) -> dict[int, Node]:
     """Partition id -> node, for every node that answered with a valid, unclaimed partition."""
+    started = time.monotonic()
     node_ids = wait_for_nodes(grid, expected, timeout)
     ask = [
         Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=n, message_type=IDENTIFY)
@@ -62,6 +63,7 @@ def identify(grid: Grid, expected: int, timeout: float, poll_interval: float) ->
         else:
             by_partition[node.partition_id] = node
     roles = sorted({n.role for n in by_partition.values()})
-    log(INFO, "identified %d of %d partitions (roles: %s)", len(by_partition), expected,
+    log(INFO, "identified %d of %d partitions in %.1fs (roles: %s)", len(by_partition), expected,
+        time.monotonic() - started,
         ", ".join(f"{r}={sum(n.role == r for n in by_partition.values())}" for r in roles))
     return by_partition

@@ -112,3 +112,34 @@ def test_ctrl_c_stops_every_process(tmp_path, cache_dir):
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=60)
     assert no_leftovers(before)
+
+
+def test_remote_superlink_started_by_hand(tmp_path, cache_dir):
+    """The README's multi-machine commands, on one machine: a user starts the SuperLink and
+    SuperNodes themselves, then submits with federation=remote."""
+    from flbackdoor.federation.processes import ProcessGroup, free_port, port_open
+    from flbackdoor.federation.submit import flwr_env
+
+    before = flower_processes()
+    fleet, http = free_port(), free_port()
+    env = flwr_env(tmp_path / "server_home")
+    with ProcessGroup(tmp_path / "logs", env) as procs:
+        procs.start("superlink", ["flower-superlink", "--insecure",
+                                  "--disable-runtime-dependency-installation",
+                                  "--fleet-api-address", f"127.0.0.1:{fleet}",
+                                  "--host", "127.0.0.1", "--port", str(http)])
+        procs.wait_for(lambda: port_open("127.0.0.1", http), 60, "SuperLink")
+        for i in range(3):
+            procs.start(f"supernode-{i}", [
+                "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{fleet}",
+                "--port", str(free_port()),
+                "--node-config", f'partition-id={i} num-partitions=3 role="benign" '
+                                 f'data-root="{SHARED_DATA}" cache-dir="{tmp_path / "node_cache"}"'])
+        res = flbackdoor(small(cache_dir, "federation=remote", f"federation.address=127.0.0.1:{http}",
+                               "federation.insecure=true", f"hydra.run.dir={tmp_path / 'run'}"))
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+        procs.check_alive()  # the federation outlives the run: it is the user's
+    rows = assert_results_contract(tmp_path / "run", 2)
+    assert rows[-1]["main_accuracy"] > 0.8
+    assert (tmp_path / "node_cache").is_dir(), "nodes built their cache from their own data-root"
+    assert no_leftovers(before)

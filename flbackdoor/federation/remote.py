@@ -1,6 +1,8 @@
 """federation=remote: submit to a SuperLink that is already running (another host, a
-container). The ServerApp runs next to that SuperLink, so results land in
-``federation.results_dir`` on its host (default: this run's folder path, for a shared disk)."""
+container). The ServerApp runs next to that SuperLink, so ``data.root``/``data.cache_dir`` are
+read there and results land in ``federation.results_dir`` on that host (default: this run's
+folder path, e.g. on a shared disk). SuperNodes on other hosts name their own data folders in
+their node config (``data-root``, ``cache-dir``)."""
 
 from __future__ import annotations
 
