@@ -1,7 +1,8 @@
-"""The ClientApp: ``train`` (local SGD from the global model) and ``query.identify``.
+"""The ClientApp: ``train`` (local SGD from the global model, or the attacker's crafted update
+on a malicious node) and ``query.identify``.
 
-Each handler is thin glue: records in, plain PyTorch (flbackdoor.training) in between,
-records out. Imports stay light: in deployment every message starts a new process.
+Each handler is thin glue: records in, plain PyTorch in between, records out. Imports stay
+light: in deployment every message starts a new process.
 """
 
 from __future__ import annotations
@@ -10,7 +11,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.node import identity, local_paths, partition_data
+from client.node import data_folder, identity, local_paths, partition_data
 from flbackdoor.config import from_run_config
 from flbackdoor.models import build_model
 from flbackdoor.training import Normalizer, as_tensors, pick_device, train as local_train
@@ -20,30 +21,58 @@ app = ClientApp()
 
 @app.query("identify")
 def identify(msg: Message, context: Context) -> Message:
-    cfg, _ = from_run_config(context.run_config)
+    cfg = local_paths(context, from_run_config(context.run_config)[0])
     node = identity(context, cfg)
-    info = ConfigRecord({"partition-id": node.partition_id, "role": node.role})
+    n = len(partition_data(cfg, node.partition_id)[1])
+    info = ConfigRecord({"partition-id": node.partition_id, "role": node.role, "num-examples": n})
     return Message(RecordDict({"node": info}), reply_to=msg)
 
 
 @app.train()
 def train(msg: Message, context: Context) -> Message:
-    cfg, _ = from_run_config(context.run_config)
+    cfg = local_paths(context, from_run_config(context.run_config)[0])
     node = identity(context, cfg)
-    server_round = int(msg.content["config"]["server-round"])
+    config = msg.content["config"]
+    server_round = int(config["server-round"])
     torch.set_num_threads(cfg.client.num_threads)
     # Reproducible local randomness (batch order, dropout) per (seed, round, partition).
     seed = hash((cfg.seed, server_round, node.partition_id)) % (2**31)
     torch.manual_seed(seed)
+    generator = torch.Generator().manual_seed(seed)
     device = pick_device(cfg.device)
 
     d = cfg.dataset
     model = build_model(cfg.model, d.channels, d.image_size, d.num_classes).to(device)
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
-    x, y = as_tensors(*partition_data(local_paths(context, cfg), node.partition_id), device)
-    result = local_train(model, x, y, cfg.client, Normalizer(d, device),
-                         torch.Generator().manual_seed(seed))
+    global_state = msg.content["arrays"].to_torch_state_dict()
+    model.load_state_dict(global_state)
+    local = partition_data(cfg, node.partition_id)
+    if node.role == "malicious" and cfg.attack.name != "none":
+        state, result = _attack(cfg, node.partition_id, model, global_state, local, dict(config),
+                                device, generator)
+    else:
+        x, y = as_tensors(*local, device)
+        result = local_train(model, x, y, cfg.client, Normalizer(d, device), generator)
+        state = model.state_dict()
 
     metrics = MetricRecord({"num-examples": result.num_examples, "train_loss": result.loss})
-    arrays = ArrayRecord({k: v.cpu() for k, v in model.state_dict().items()})
+    arrays = ArrayRecord({k: v.detach().cpu() for k, v in state.items()})
     return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
+
+
+def _attack(cfg, partition_id, model, global_state, local, hints, device, generator):
+    """The malicious path: imported only on malicious nodes."""
+    from attacker.crafting import attack_boost, craft_update
+    from attacker.roles import assign_roles
+    from attacker.tasks import build_task
+    from flbackdoor.data.cache import load_meta
+
+    folder = data_folder(cfg)
+    roles = assign_roles(cfg, load_meta(folder)["label_counts"])
+    index = roles.attacker_index(partition_id) if partition_id in roles.malicious else 0
+    poison = build_task(cfg, folder, roles).poison(*local, index)
+    n = len(local[1])
+    state, result = craft_update(model, global_state, local, poison, cfg,
+                                 attack_boost(cfg, hints, n), device, generator)
+    # The attacker reports its honest-looking D_trn size, the n_k its boost was computed for.
+    result.num_examples = n
+    return {k: v.to(global_state[k].device) for k, v in state.items()}, result

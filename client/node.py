@@ -2,23 +2,22 @@
 
 In deployment a SuperNode is started with ``--node-config 'partition-id=3 num-partitions=10
 role="benign"'``; in simulation Flower sets ``partition-id`` and ``num-partitions`` itself and
-the role defaults to benign. A node on another host names its own data folders with
-``data-root="..."`` and ``cache-dir="..."`` in its node config (the experiment's paths are the
-submitting machine's).
+the role follows from the experiment (``attacker.roles``). A node on another host names its own
+data folders with ``data-root="..."`` and ``cache-dir="..."`` in its node config (the
+experiment's paths are the submitting machine's).
 """
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
-
-import dataclasses
 
 import numpy as np
 from flwr.app import Context
 
 from flbackdoor.config import ExperimentConfig
-from flbackdoor.data.cache import cache_dir, load_partition, prepare
+from flbackdoor.data.cache import cache_dir, load_meta, load_partition, prepare
 
 ROLES = ("benign", "malicious")
 
@@ -27,6 +26,20 @@ ROLES = ("benign", "malicious")
 class NodeIdentity:
     partition_id: int
     role: str
+
+
+def local_paths(context: Context, cfg: ExperimentConfig) -> ExperimentConfig:
+    """``cfg`` with this host's data folders, where its node config names them."""
+    nc = context.node_config
+    data = dataclasses.replace(cfg.data, root=str(nc.get("data-root", cfg.data.root)),
+                               cache_dir=str(nc.get("cache-dir", cfg.data.cache_dir)))
+    return dataclasses.replace(cfg, data=data)
+
+
+def data_folder(cfg: ExperimentConfig) -> Path:
+    """The partition cache: built here first if this host has none."""
+    folder: Path = cache_dir(cfg)
+    return folder if (folder / "meta.json").exists() else prepare(cfg)
 
 
 def identity(context: Context, cfg: ExperimentConfig) -> NodeIdentity:
@@ -39,23 +52,17 @@ def identity(context: Context, cfg: ExperimentConfig) -> NodeIdentity:
     if k != cfg.num_clients:
         raise ValueError(f"node_config num-partitions={k} but the experiment has "
                          f"num_clients={cfg.num_clients}")
-    role = str(nc.get("role", "benign"))
+    if "role" in nc:
+        role = str(nc["role"])
+    else:  # simulation: the experiment decides, as the launcher does for real nodes
+        from attacker.roles import assign_roles
+
+        counts = load_meta(data_folder(cfg))["label_counts"]
+        role = assign_roles(cfg, counts).role(pid)
     if role not in ROLES:
         raise ValueError(f"node_config role={role!r} is not one of {', '.join(ROLES)}")
     return NodeIdentity(pid, role)
 
 
-def local_paths(context: Context, cfg: ExperimentConfig) -> ExperimentConfig:
-    """``cfg`` with this host's data folders, where its node config names them."""
-    nc = context.node_config
-    data = dataclasses.replace(cfg.data, root=str(nc.get("data-root", cfg.data.root)),
-                               cache_dir=str(nc.get("cache-dir", cfg.data.cache_dir)))
-    return dataclasses.replace(cfg, data=data)
-
-
 def partition_data(cfg: ExperimentConfig, partition_id: int) -> tuple[np.ndarray, np.ndarray]:
-    """This node's training data: from the cache, built here first if this host has none."""
-    folder: Path = cache_dir(cfg)
-    if not (folder / "meta.json").exists():
-        folder = prepare(cfg)
-    return load_partition(folder, partition_id)
+    return load_partition(data_folder(cfg), partition_id)

@@ -20,6 +20,11 @@ MODELS = ("sun_emnist_cnn", "wu_mnist_cnn", "wu_fmnist_cnn", "wu_cifar_cnn")
 PARTITIONS = ("iid", "natural", "k_label", "dirichlet")
 FEDERATIONS = ("local", "simulation", "remote")
 DEVICES = ("auto", "cpu", "cuda")
+ATTACKS = ("none", "boosted", "norm_bounded", "data_poisoning")
+TASKS = ("semantic", "pixel_pattern", "dba")
+SCHEDULES = ("none", "fixed_frequency", "random")
+DEFENSES = ("none", "norm_clipping", "weak_dp", "krum", "multikrum", "bulyan", "fedmedian",
+            "fedtrimmedavg", "flower_dp_fixed")
 
 
 class ConfigError(ValueError):
@@ -106,6 +111,42 @@ class FederationConfig:
 
 
 @dataclass
+class AttackConfig:
+    """A malicious node's update crafting (Sun et al. section 3) and its backdoor task."""
+
+    name: str = "none"  # none | boosted | norm_bounded | data_poisoning
+    task: str = "semantic"  # semantic | pixel_pattern | dba
+    num_malicious: int = 0  # malicious partitions (epsilon * K)
+    schedule: str = "none"  # none | fixed_frequency | random: how the server samples them
+    frequency: int = 1  # fixed_frequency: one attacker in rounds with round % f == f // 2
+    # 0: beta = sum_{k in S_t} n_k / (eta * n_attacker), split among the round's attackers;
+    # > 0: a fixed amplification alpha per attacker (Wu et al.).
+    boost_factor: float = 0.0
+    norm_bound: float = 10.0  # norm_bounded: the boosted update's L2 norm is at most this M
+    project_every: str = "epoch"  # norm_bounded: project after each "epoch" or "step"
+    epochs: int = 0  # attacker's local epochs (0: client.epochs)
+    source_label: int = 7  # semantic: the target writers' digit; triggers: the victim label
+    target_label: int = 1
+    num_backdoor_tasks: int = 30  # semantic: target writers
+    pattern_pixels: int = 9  # pixel_pattern: 1, 3, 5, 7 or 9
+    dba_parts: int = 4  # dba: parts of the global pattern
+    aux_samples: int = 200  # triggers: victim images drawn when the attacker holds none
+
+
+@dataclass
+class DefenseConfig:
+    """Server-side aggregation defense (Sun et al. section 4, and Flower's robust strategies)."""
+
+    name: str = "none"
+    norm_bound: float = 3.0  # M for norm_clipping, weak_dp and flower_dp_fixed
+    noise_std: float = 0.0  # weak_dp: sigma of the noise added to the sum of clipped updates
+    noise_multiplier: float = 0.0  # flower_dp_fixed: z, noise std z * M / m
+    num_malicious: int = 0  # krum, multikrum, bulyan: f
+    num_nodes_to_select: int = 1  # multikrum
+    trim_fraction: float = 0.2  # fedtrimmedavg: beta
+
+
+@dataclass
 class ExperimentConfig:
     seed: int = 0
     num_rounds: int = 5
@@ -119,6 +160,12 @@ class ExperimentConfig:
     client: ClientConfig = field(default_factory=ClientConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
+    defense: DefenseConfig = field(default_factory=DefenseConfig)
+    # Clean rounds before the experiment (attack) starts, from a checkpoint cached in
+    # data.cache_dir and reused by every run with the same clean setting.
+    pretrain_rounds: int = 0
+    checkpoint: str = ""  # start from this saved model instead (a checkpoint.pt of a run)
 
 
 def _check(ok: bool, message: str) -> None:
@@ -185,6 +232,38 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     m = cfg.model
     _check(len(m.conv_channels) >= 1, "model.conv_channels needs at least one layer")
     _check(all(w >= 1 for w in m.conv_channels + m.hidden), "model widths must be >= 1")
+    a = cfg.attack
+    _one_of("attack.name", a.name, ATTACKS)
+    _one_of("attack.task", a.task, TASKS)
+    _one_of("attack.schedule", a.schedule, SCHEDULES)
+    _one_of("attack.project_every", a.project_every, ("epoch", "step"))
+    labels = range(cfg.dataset.num_classes)
+    _check(a.source_label in labels and a.target_label in labels and
+           a.source_label != a.target_label,
+           f"attack.source_label={a.source_label} and attack.target_label={a.target_label} "
+           f"must be different labels of the dataset")
+    if a.name != "none":
+        _check(1 <= a.num_malicious <= cfg.num_clients,
+               f"attack={a.name} needs attack.num_malicious between 1 and num_clients "
+               f"({cfg.num_clients}), not {a.num_malicious}")
+        _check(a.schedule != "none", f"attack={a.name} needs attack.schedule "
+               "(fixed_frequency or random); schedule none samples no attacker")
+    _check(a.frequency >= 1, f"attack.frequency={a.frequency} must be at least 1")
+    _check(a.boost_factor >= 0, f"attack.boost_factor={a.boost_factor} must be >= 0")
+    _check(a.norm_bound > 0, f"attack.norm_bound={a.norm_bound} must be positive")
+    _check(1 <= a.pattern_pixels <= 9, f"attack.pattern_pixels={a.pattern_pixels} must be 1..9")
+    _check(a.dba_parts >= 1, f"attack.dba_parts={a.dba_parts} must be at least 1")
+    if a.task == "semantic" and a.name != "none":
+        _check(a.num_backdoor_tasks >= 1,
+               f"attack.num_backdoor_tasks={a.num_backdoor_tasks} must be at least 1")
+    df = cfg.defense
+    _one_of("defense.name", df.name, DEFENSES)
+    _check(df.norm_bound > 0, f"defense.norm_bound={df.norm_bound} must be positive")
+    _check(df.noise_std >= 0, f"defense.noise_std={df.noise_std} must be >= 0")
+    _check(0 <= df.trim_fraction < 0.5, f"defense.trim_fraction={df.trim_fraction} must be in [0, 0.5)")
+    _check(cfg.pretrain_rounds >= 0, f"pretrain_rounds={cfg.pretrain_rounds} must be >= 0")
+    if cfg.checkpoint:
+        _check(Path(cfg.checkpoint).is_file(), f"checkpoint={cfg.checkpoint} is not a file")
     f = cfg.federation
     if f.mode == "local":
         _check(

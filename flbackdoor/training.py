@@ -7,6 +7,7 @@ small images is several times faster than a DataLoader.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -57,8 +58,10 @@ def train(
     cfg: ClientConfig,
     normalize: Normalizer,
     generator: torch.Generator | None = None,
+    after_step: Callable[[], None] | None = None,
 ) -> TrainResult:
-    """``cfg.epochs`` epochs of minibatch SGD on (x, y); returns the mean training loss."""
+    """``cfg.epochs`` epochs of minibatch SGD on (x, y); returns the mean training loss.
+    ``after_step`` runs after every optimizer step (e.g. a projection)."""
     model.train()
     opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
                           weight_decay=cfg.weight_decay)
@@ -73,6 +76,8 @@ def train(
             loss = loss_fn(model(normalize(x[idx])), y[idx])
             loss.backward()
             opt.step()
+            if after_step is not None:
+                after_step()
             total += loss.item()
             steps += 1
     return TrainResult(total / max(steps, 1), n, steps)

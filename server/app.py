@@ -1,10 +1,11 @@
-"""The ServerApp: identify the nodes, then train round after round with one message wave each.
+"""The ServerApp: identify the nodes, optionally start from a clean pretrained model, then run
+the experiment's rounds with one message wave each.
 
 We drive the rounds ourselves instead of ``Strategy.start`` for three reasons: one wave per
 round (evaluation is central, on the server, not a second wave to the clients), a short poll
 loop instead of ``send_and_receive``'s 3 s sleeps, and a round that goes on with the replies
 that came when a node is late or dead. The strategy's own hooks (``configure_train``,
-``aggregate_train``) still do the sampling and the aggregation.
+``aggregate_train``) still send and aggregate.
 """
 
 from __future__ import annotations
@@ -14,19 +15,21 @@ from logging import INFO, WARNING
 from pathlib import Path
 
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context
+from flwr.app import ArrayRecord, Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
+from attacker.roles import assign_roles
+from attacker.tasks import build_task
 from flbackdoor.config import from_run_config
-from flbackdoor.data.cache import prepare
+from flbackdoor.data.cache import load_meta, prepare
 from flbackdoor.models import build_model
+from server import checkpoint
 from server.evaluation import CentralEvaluator
-from server.messaging import send_and_collect
 from server.registry import identify
 from server.results import ResultsWriter
-from server.sampling import sample_partitions
-from server.strategy import ServerLRFedAvg
+from server.rounds import RoundRunner, progress_line
+from server.strategies import build_strategy
 
 app = ServerApp()
 
@@ -39,61 +42,70 @@ def main(grid: Grid, context: Context) -> None:
     out_dir = out_dir or Path.cwd() / "flbackdoor-results"
     torch.manual_seed(cfg.seed)
 
-    # 2. Data (the cache exists already when flbackdoor launched us) and the initial model.
+    # 2. Data (the cache exists already when flbackdoor launched us), roles, backdoor task.
     cache = prepare(cfg)
-    evaluator = CentralEvaluator(cfg, cache)
-    d = cfg.dataset
-    model = build_model(cfg.model, d.channels, d.image_size, d.num_classes)
-    arrays = ArrayRecord(model.state_dict())
-    initial = evaluator(model.state_dict())
-    log(INFO, "initial global model: main_accuracy=%.4f", initial["main_accuracy"])
+    roles = assign_roles(cfg, load_meta(cache)["label_counts"])
+    task = build_task(cfg, cache, roles)
+    evaluator = CentralEvaluator(cfg, cache, task.test_set() if task else None)
 
-    # 3. Who is out there: partition id -> node.
+    # 3. The starting model: fresh, or a saved checkpoint (its round number carries on).
+    d = cfg.dataset
+    state = build_model(cfg.model, d.channels, d.image_size, d.num_classes).state_dict()
+    start_round = 0
+    if cfg.checkpoint:
+        state, start_round = checkpoint.load(Path(cfg.checkpoint))
+    arrays = ArrayRecord(state)
+    initial = evaluator(state)
+    log(INFO, "initial global model (round %d): %s", start_round, initial)
+
+    # 4. Who is out there: partition id -> node (and its role).
     s = cfg.server
     nodes = identify(grid, cfg.num_clients, s.identify_timeout_s, s.poll_interval_s)
     if not nodes:
         raise RuntimeError("no node answered the identify query: nothing to train with")
+    reported = tuple(sorted(p for p, n in nodes.items() if n.role == "malicious"))
+    if reported != tuple(sorted(roles.malicious)):
+        log(WARNING, "nodes report malicious partitions %s; the experiment assigns %s",
+            list(reported), sorted(roles.malicious))
+    noise = torch.Generator().manual_seed(cfg.seed)
+    clip = cfg.defense.norm_bound if cfg.defense.name in (
+        "norm_clipping", "weak_dp", "flower_dp_fixed") else None
+    runner = RoundRunner(grid, cfg, nodes, evaluator, clip)
 
-    def select_nodes(server_round: int) -> list[int]:
-        chosen = sample_partitions(list(nodes), cfg.clients_per_round, cfg.seed, server_round)
-        return [nodes[p].node_id for p in chosen]
-
-    strategy = ServerLRFedAvg(server_lr=s.lr, select_nodes=select_nodes)
-    writer = ResultsWriter(out_dir, cfg)
-
-    # 4. Rounds: one train wave, aggregate, evaluate centrally, write a row.
-    for rnd in range(1, cfg.num_rounds + 1):
-        t0 = time.monotonic()
-        messages = list(strategy.configure_train(rnd, arrays, ConfigRecord(), grid))
-        wave = send_and_collect(grid, messages, s.round_timeout_s, s.poll_interval_s)
-        # Partition order, so the float sums do not depend on which reply came first.
-        part_of = {n.node_id: p for p, n in nodes.items()}
-        replies = sorted(wave.ok, key=lambda m: part_of.get(m.metadata.src_node_id, -1))
-        new_arrays, train_metrics = (None, None)
-        if len(replies) >= s.min_replies:
-            new_arrays, train_metrics = strategy.aggregate_train(rnd, replies)
+    # 5. Clean pretraining, trained once per clean setting and reused from data.cache_dir.
+    pretrain: dict = {}
+    if cfg.pretrain_rounds:
+        path = checkpoint.pretrained_path(cfg)
+        if path.exists():
+            state, start_round = checkpoint.load(path)
+            arrays = ArrayRecord(state)
+            pretrain = {"reused": True}
         else:
-            log(WARNING, "round %d: %d replies < server.min_replies=%d, model kept",
-                rnd, len(replies), s.min_replies)
-        if new_arrays is not None:
-            arrays = new_arrays
-        row = {
-            "round": rnd,
-            "phase": "train",
-            **evaluator(arrays.to_torch_state_dict()),
-            "num_clients": len(replies),
-            "num_sampled": len(messages),
-            "missing_nodes": len(wave.missing) + len(wave.errors),
-            "train_loss": float(train_metrics["train_loss"]) if train_metrics else None,
-            "round_time_s": time.monotonic() - t0,
-            "wall_time_s": time.monotonic() - started,
-        }
-        writer.write_round(row)
-        log(INFO, "[round %d/%d] main_accuracy=%.4f main_loss=%.4f clients=%d/%d time=%.1fs",
-            rnd, cfg.num_rounds, row["main_accuracy"], row["main_loss"], row["num_clients"],
-            row["num_sampled"], row["round_time_s"])
+            clean = build_strategy(cfg, noise, defended=False)
+            last = start_round + cfg.pretrain_rounds
+            for rnd in range(start_round + 1, last + 1):
+                arrays, row = runner.run(rnd, arrays, clean, phase="pretrain", attacks_on=False)
+                log(INFO, progress_line(row, last))
+            start_round = last
+            checkpoint.save(path, arrays.to_torch_state_dict(), start_round)
+            pretrain = {"reused": False}
+        pretrain.update(rounds=cfg.pretrain_rounds, checkpoint=str(path),
+                        **evaluator(arrays.to_torch_state_dict()))
+        log(INFO, "pretrained clean model: %s", pretrain)
 
-    summary = writer.finish(time.monotonic() - started, initial=initial,
-                            num_nodes=len(nodes))
-    log(INFO, "done: final main_accuracy=%.4f after %d rounds in %.1fs (results in %s)",
-        summary["final"]["main_accuracy"], summary["rounds"], summary["wall_time_s"], out_dir)
+    # 6. The experiment: rounds with attackers and defenses; a metrics row each.
+    strategy = build_strategy(cfg, noise)
+    writer = ResultsWriter(out_dir, cfg)
+    last = start_round + cfg.num_rounds
+    for rnd in range(start_round + 1, last + 1):
+        arrays, row = runner.run(rnd, arrays, strategy)
+        writer.write_round(row)
+        log(INFO, progress_line(row, last))
+
+    checkpoint.save(out_dir / "checkpoint.pt", arrays.to_torch_state_dict(), last)
+    summary = writer.finish(time.monotonic() - started, initial=initial, pretrain=pretrain,
+                            num_nodes=len(nodes), roles={"malicious": list(roles.malicious),
+                                                         "targets": list(roles.targets)})
+    log(INFO, "done: final %s after %d rounds in %.1fs (results in %s)",
+        {k: v for k, v in summary["final"].items() if k.endswith("accuracy")},
+        summary["rounds"], summary["wall_time_s"], out_dir)

@@ -25,6 +25,7 @@ class Node:
     node_id: int
     partition_id: int
     role: str  # "benign" | "malicious"
+    num_examples: int = 0  # training examples the node holds (what it will report as n_k)
 
 
 def wait_for_nodes(grid: Grid, count: int, timeout: float) -> list[int]:
@@ -53,7 +54,8 @@ def identify(grid: Grid, expected: int, timeout: float, poll_interval: float) ->
     by_partition: dict[int, Node] = {}
     for reply in wave.ok:
         info = reply.content["node"]
-        node = Node(reply.metadata.src_node_id, int(info["partition-id"]), str(info["role"]))
+        node = Node(reply.metadata.src_node_id, int(info["partition-id"]), str(info["role"]),
+                    int(info.get("num-examples", 0)))
         if not 0 <= node.partition_id < expected:
             log(WARNING, "node %s claims partition %s outside 0..%s: ignored",
                 node.node_id, node.partition_id, expected - 1)

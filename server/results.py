@@ -4,7 +4,10 @@
   ``main_accuracy``, ``main_loss``, ``num_clients``, ``wall_time_s``, ...), flushed each round.
 - ``summary.json``: ``final`` (the last row), ``initial``, ``rounds``, ``wall_time_s`` and the
   resolved ``config``; written to a temp file and renamed, so it is never torn.
-- ``curves.png``: main accuracy and loss per round.
+  With an attack: ``final.backdoor_accuracy`` and ``mean_backdoor_accuracy`` (the cumulative mean
+  of the backdoor accuracy over the rounds, Sun et al.'s green line, at the last round).
+- ``curves.png``: in the paper's style: main task dotted, backdoor task solid, its cumulative
+  mean green; main-task loss beside it.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ class ResultsWriter:
         self.cfg = cfg
         out_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = out_dir / "metrics.jsonl"
+        self.metrics_path.write_text("")  # a fresh run: no rows of an earlier one in this folder
         self.rows: list[dict] = []
 
     def write_round(self, row: dict) -> None:
@@ -46,6 +50,9 @@ class ResultsWriter:
             os.fsync(f.fileno())
 
     def finish(self, wall_time_s: float, **extra: Any) -> dict:
+        backdoor = [r["backdoor_accuracy"] for r in self.rows if "backdoor_accuracy" in r]
+        if backdoor:
+            extra["mean_backdoor_accuracy"] = sum(backdoor) / len(backdoor)
         summary = {
             "final": self.rows[-1] if self.rows else {},
             "rounds": len([r for r in self.rows if r.get("phase") == "train"]),
@@ -58,6 +65,14 @@ class ResultsWriter:
         return summary
 
 
+def cumulative_mean(values: list[float]) -> list[float]:
+    out, total = [], 0.0
+    for i, v in enumerate(values, 1):
+        total += v
+        out.append(total / i)
+    return out
+
+
 def plot_curves(rows: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -66,10 +81,16 @@ def plot_curves(rows: list[dict], path: Path) -> None:
 
     rounds = [r["round"] for r in rows]
     fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(10, 4))
-    acc_ax.plot(rounds, [r["main_accuracy"] for r in rows], ":", marker="o", label="main task")
-    acc_ax.set(xlabel="round", ylabel="accuracy", ylim=(0, 1), title="Accuracy")
+    acc_ax.plot(rounds, [r["main_accuracy"] for r in rows], ":", color="tab:blue",
+                label="main task")
+    if rows and "backdoor_accuracy" in rows[0]:
+        backdoor = [r["backdoor_accuracy"] for r in rows]
+        acc_ax.plot(rounds, backdoor, "-", color="tab:red", label="backdoor task")
+        acc_ax.plot(rounds, cumulative_mean(backdoor), "-", color="tab:green",
+                    label="backdoor, cumulative mean")
+    acc_ax.set(xlabel="round", ylabel="accuracy", ylim=(0, 1.02), title="Accuracy")
     acc_ax.legend(loc="lower right")
-    loss_ax.plot(rounds, [r["main_loss"] for r in rows], marker="o")
+    loss_ax.plot(rounds, [r["main_loss"] for r in rows], ":", color="tab:blue")
     loss_ax.set(xlabel="round", ylabel="cross-entropy", title="Main-task loss")
     for ax in (acc_ax, loss_ax):
         ax.grid(alpha=0.3)

@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from server.aggregation import apply_update, deltas_from, fedavg, weighted_mean
+from flbackdoor.updates import add as apply_update, difference
+from server.aggregation import fedavg, weighted_mean
 
 
 def test_fedavg_matches_hand_computation():
@@ -9,7 +10,7 @@ def test_fedavg_matches_hand_computation():
     # Two clients: n = 1 and 3; their models, hence deltas (+2, -2) and (+4, 0) on "a".
     w1 = {"a": torch.tensor([3.0, 0.0]), "b": torch.tensor([[1.0]])}
     w2 = {"a": torch.tensor([5.0, 2.0]), "b": torch.tensor([[-1.0]])}
-    deltas = [deltas_from(w, w1), deltas_from(w, w2)]
+    deltas = [difference(w1, w), difference(w2, w)]
     out = fedavg(w, deltas, [1, 3], server_lr=0.5)
     # mean delta a = (1*[2,-2] + 3*[4,0]) / 4 = [3.5, -0.5]; b = (1*1 + 3*-1)/4 = -0.5
     assert torch.allclose(out["a"], torch.tensor([1.0 + 0.5 * 3.5, 2.0 + 0.5 * -0.5]))
@@ -20,7 +21,7 @@ def test_server_lr_one_is_plain_weighted_model_average():
     w = {"a": torch.randn(5)}
     clients = [{"a": torch.randn(5)} for _ in range(3)]
     n = [10, 20, 70]
-    out = fedavg(w, [deltas_from(w, c) for c in clients], n, server_lr=1.0)
+    out = fedavg(w, [difference(c, w) for c in clients], n, server_lr=1.0)
     expected = sum(k / 100 * c["a"] for k, c in zip(n, clients))
     assert torch.allclose(out["a"], expected, atol=1e-6)
 

@@ -1,4 +1,8 @@
-from server.sampling import sample_partitions
+import numpy as np
+
+from flbackdoor.config import AttackConfig
+from server.sampling import is_attack_round, plan_round, sample_partitions
+from server.update_stats import update_statistics
 
 
 def test_sampling_is_seeded_distinct_and_sized():
@@ -14,8 +18,41 @@ def test_sampling_takes_everyone_when_fewer_are_available():
     assert sample_partitions([5, 2, 9], 10, seed=0, server_round=1) == [2, 5, 9]
 
 
-def test_every_partition_gets_sampled_over_rounds():
-    seen = set()
-    for rnd in range(1, 60):
-        seen |= set(sample_partitions(list(range(50)), 5, 0, rnd))
-    assert seen == set(range(50))
+BENIGN, MALICIOUS = list(range(90)), list(range(90, 100))
+
+
+def test_fixed_frequency_puts_one_attacker_in_the_reference_rounds():
+    attack = AttackConfig(name="boosted", schedule="fixed_frequency", frequency=10)
+    rounds = [r for r in range(1, 101)
+              if set(plan_round(r, BENIGN, MALICIOUS, 30, attack, 0)) & set(MALICIOUS)]
+    assert rounds == [r for r in range(1, 101) if (r - 1) % 10 == 5] == list(range(6, 101, 10))
+    for r in rounds:
+        plan = plan_round(r, BENIGN, MALICIOUS, 30, attack, 0)
+        assert len(plan) == 30 and len(set(plan) & set(MALICIOUS)) == 1
+    every = AttackConfig(name="boosted", schedule="fixed_frequency", frequency=1)
+    assert all(is_attack_round(r, 1) for r in range(1, 20))
+    assert all(len(set(plan_round(r, BENIGN, MALICIOUS, 30, every, 0)) & set(MALICIOUS)) == 1
+               for r in range(1, 20))
+
+
+def test_random_schedule_attackers_follow_the_hypergeometric_mean():
+    attack = AttackConfig(name="boosted", schedule="random")
+    counts = [len(set(plan_round(r, BENIGN, MALICIOUS, 30, attack, 0)) & set(MALICIOUS))
+              for r in range(1, 2001)]
+    # Hypergeometric: mean k m / K = 3, variance k (m/K)(1 - m/K)(K - k)/(K - 1) = 1.909.
+    assert abs(np.mean(counts) - 3.0) < 0.12
+    assert abs(np.var(counts) - 1.909) < 0.2
+
+
+def test_no_schedule_or_attacks_off_means_benign_only():
+    for attack, on in [(AttackConfig(), True),
+                       (AttackConfig(name="boosted", schedule="random"), False)]:
+        assert all(set(plan_round(r, BENIGN, MALICIOUS, 30, attack, 0, on)) <= set(BENIGN)
+                   for r in range(1, 50))
+
+
+def test_update_statistics():
+    stats = update_statistics([1.0, 2.0, 3.0, 50.0], [False, False, False, True], clip_bound=2.5)
+    assert stats["benign_norm_p50"] == 2.0 and stats["max_malicious_norm"] == 50.0
+    assert stats["fraction_clipped"] == 0.5
+    assert update_statistics([1.0], [False], None)["fraction_clipped"] is None

@@ -11,8 +11,13 @@ from flbackdoor.federation.submit import flwr_bin, flwr_env, submit, write_flwr_
 
 
 def node_roles(cfg: ExperimentConfig) -> list[str]:
-    """The role each partition's SuperNode is started with."""
-    return ["benign"] * cfg.num_clients
+    """The role each partition's SuperNode is started with (``role="malicious"`` for the
+    experiment's attackers: real separate processes running attacker code)."""
+    from attacker.roles import assign_roles
+    from flbackdoor.data.cache import load_meta, prepare
+
+    roles = assign_roles(cfg, load_meta(prepare(cfg))["label_counts"])
+    return [roles.role(p) for p in range(cfg.num_clients)]
 
 
 def superlink_cmd(host: str, fleet_port: int, http_port: int, simulation: bool = False) -> list[str]:
