@@ -15,6 +15,7 @@ benign update (D_trn only) plus the boosted update trained on D_mal alone.
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -22,8 +23,29 @@ from torch import nn
 
 from attacker.replacement import boost, boost_factor, project_l2
 from flbackdoor.config import ExperimentConfig
+from flbackdoor.data.cache import load_train
 from flbackdoor.training import Normalizer, TrainResult, as_tensors, train
 from flbackdoor.updates import StateDict, add, difference
+
+
+def attacker_train_data(local: tuple[np.ndarray, np.ndarray], cache: Path, cfg: ExperimentConfig,
+                        exclude: tuple[int, ...] = ()) -> tuple[np.ndarray, np.ndarray]:
+    """D_trn: the attacker's own data plus ``attack.aux_train_samples`` images of the true
+    distribution (Sun et al.'s attacker holds such samples), drawn from every partition but
+    ``exclude`` (the target writers, whose correctly labelled 7s would fight D_mal)."""
+    k = cfg.attack.aux_train_samples
+    if k <= 0:
+        return local
+    x, y = load_train(cache)
+    offsets = np.load(cache / "offsets.npy")
+    allowed = np.ones(len(y), bool)
+    for p in exclude:
+        allowed[offsets[p]:offsets[p + 1]] = False
+    pool = np.flatnonzero(allowed)
+    rng = np.random.default_rng([cfg.seed, 104729])
+    pick = np.sort(rng.choice(pool, min(k, len(pool)), replace=False))
+    return (np.concatenate([np.asarray(local[0]), np.asarray(x[pick])]),
+            np.concatenate([np.asarray(local[1]), np.asarray(y[pick])]))
 
 
 def attack_boost(cfg: ExperimentConfig, hints: dict, attacker_examples: int) -> float:

@@ -31,7 +31,7 @@ def assign_roles(cfg: ExperimentConfig, label_counts: list[list[int]]) -> Roles:
     counts = np.asarray(label_counts)
     has_source = np.flatnonzero(counts[:, a.source_label] > 0)
     targets: np.ndarray = np.array([], dtype=int)
-    if a.task == "semantic":
+    if a.task == "semantic" and a.name != "malformed":
         if len(has_source) < a.num_backdoor_tasks + a.num_malicious:
             raise ValueError(
                 f"attack.num_backdoor_tasks={a.num_backdoor_tasks} target writers plus "

@@ -79,7 +79,7 @@ class TriggerTask:
 
 
 def build_task(cfg: ExperimentConfig, cache: Path, roles: Roles) -> SemanticTask | TriggerTask | None:
-    if cfg.attack.name == "none":
+    if cfg.attack.name in ("none", "malformed"):
         return None
     if cfg.attack.task == "semantic":
         return SemanticTask(cfg, cache, roles)

@@ -46,7 +46,8 @@ def train(msg: Message, context: Context) -> Message:
     global_state = msg.content["arrays"].to_torch_state_dict()
     model.load_state_dict(global_state)
     local = partition_data(cfg, node.partition_id)
-    if node.role == "malicious" and cfg.attack.name != "none":
+    attacking = node.role == "malicious" and cfg.attack.name not in ("none", "malformed")
+    if attacking:
         state, result = _attack(cfg, node.partition_id, model, global_state, local, dict(config),
                                 device, generator)
     else:
@@ -54,14 +55,28 @@ def train(msg: Message, context: Context) -> Message:
         result = local_train(model, x, y, cfg.client, Normalizer(d, device), generator)
         state = model.state_dict()
 
-    metrics = MetricRecord({"num-examples": result.num_examples, "train_loss": result.loss})
     arrays = ArrayRecord({k: v.detach().cpu() for k, v in state.items()})
+    n: float = result.num_examples
+    if node.role == "malicious" and cfg.attack.name == "malformed":
+        arrays, n = _malform(arrays, n, cfg, server_round)
+    metrics = MetricRecord({"num-examples": n, "train_loss": result.loss})
     return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
+
+
+def _malform(arrays: ArrayRecord, n: int, cfg, server_round: int) -> tuple[ArrayRecord, float]:
+    from flwr.app import Array
+
+    from attacker.malformed import kind_for_round, malform
+
+    kind = kind_for_round(cfg.attack.malformed_kind, server_round)
+    bad, n = malform({k: v.numpy() for k, v in arrays.items()}, n, kind,
+                     cfg.attack.oversized_bytes)
+    return ArrayRecord({k: Array(v) for k, v in bad.items()}), n
 
 
 def _attack(cfg, partition_id, model, global_state, local, hints, device, generator):
     """The malicious path: imported only on malicious nodes."""
-    from attacker.crafting import attack_boost, craft_update
+    from attacker.crafting import attack_boost, attacker_train_data, craft_update
     from attacker.roles import assign_roles
     from attacker.tasks import build_task
     from flbackdoor.data.cache import load_meta
@@ -71,7 +86,8 @@ def _attack(cfg, partition_id, model, global_state, local, hints, device, genera
     index = roles.attacker_index(partition_id) if partition_id in roles.malicious else 0
     poison = build_task(cfg, folder, roles).poison(*local, index)
     n = len(local[1])
-    state, result = craft_update(model, global_state, local, poison, cfg,
+    d_trn = attacker_train_data(local, folder, cfg, exclude=roles.targets)
+    state, result = craft_update(model, global_state, d_trn, poison, cfg,
                                  attack_boost(cfg, hints, n), device, generator)
     # The attacker reports its honest-looking D_trn size, the n_k its boost was computed for.
     result.num_examples = n

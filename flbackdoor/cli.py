@@ -4,6 +4,7 @@ cache, launch the federation, report the result. ``flbackdoor -m a=1,2`` sweeps 
 from __future__ import annotations
 
 import logging
+import signal
 import sys
 from pathlib import Path
 
@@ -12,7 +13,7 @@ from hydra.core.config_store import ConfigStore
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 
-from flbackdoor.config import ConfigError, ExperimentConfig, validate
+from flbackdoor.config import ConfigError, ExperimentConfig, from_json, validate
 from flbackdoor.data.sources import DataNotFoundError
 from flbackdoor.federation.processes import ProcessFailed
 from flbackdoor.federation.submit import RunFailed
@@ -24,10 +25,25 @@ ConfigStore.instance().store(name="schema", node=ExperimentConfig)
 
 
 def resolve(dcfg: DictConfig) -> ExperimentConfig:
-    """The typed experiment, with data paths made absolute (every process has its own cwd)."""
+    """The typed experiment, with data paths made absolute (every process has its own cwd).
+    With ``resume=<run folder>`` it is that run's own experiment, whatever else was given."""
     cfg: ExperimentConfig = OmegaConf.to_object(dcfg)  # type: ignore[assignment]
+    if cfg.resume:
+        return resumed(Path(cfg.resume).expanduser().resolve())
     cfg.data.root = str(Path(cfg.data.root).expanduser().resolve())
     cfg.data.cache_dir = str(Path(cfg.data.cache_dir).expanduser().resolve())
+    return validate(cfg)
+
+
+def resumed(folder: Path) -> ExperimentConfig:
+    import tomllib
+
+    submitted = folder / "run_config.toml"
+    if not submitted.exists() or not (folder / "checkpoint.pt").exists():
+        raise ConfigError(f"resume={folder} is not a run folder with run_config.toml and "
+                          "checkpoint.pt")
+    cfg = from_json(tomllib.loads(submitted.read_text())["experiment"])
+    cfg.resume = str(folder)
     return validate(cfg)
 
 
@@ -38,7 +54,7 @@ def run(dcfg: DictConfig) -> dict:
     from server.results import read_summary
 
     cfg = resolve(dcfg)
-    run_dir = Path(HydraConfig.get().runtime.output_dir)
+    run_dir = Path(cfg.resume) if cfg.resume else Path(HydraConfig.get().runtime.output_dir)
     log.info("experiment %s, results in %s", HydraConfig.get().runtime.choices.get("experiment"),
              run_dir)
     if cfg.federation.mode != "remote":  # remote data lives on the SuperLink's host
@@ -65,7 +81,13 @@ def _hydra_main(dcfg: DictConfig) -> float | None:
     return summary.get("final", {}).get("main_accuracy")
 
 
+def _terminate(signum: int, frame: object) -> None:
+    # SIGTERM (a job scheduler, `kill`) unwinds like Ctrl-C: every started process is stopped.
+    raise SystemExit(128 + signum)
+
+
 def main() -> None:
+    signal.signal(signal.SIGTERM, _terminate)
     _hydra_main()
 
 

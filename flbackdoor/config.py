@@ -20,7 +20,9 @@ MODELS = ("sun_emnist_cnn", "wu_mnist_cnn", "wu_fmnist_cnn", "wu_cifar_cnn")
 PARTITIONS = ("iid", "natural", "k_label", "dirichlet")
 FEDERATIONS = ("local", "simulation", "remote")
 DEVICES = ("auto", "cpu", "cuda")
-ATTACKS = ("none", "boosted", "norm_bounded", "data_poisoning")
+ATTACKS = ("none", "boosted", "norm_bounded", "data_poisoning", "malformed")
+MALFORMED = ("cycle", "nan", "inf", "wrong_shape", "wrong_dtype", "missing_array",
+             "absurd_examples", "oversized")
 TASKS = ("semantic", "pixel_pattern", "dba")
 SCHEDULES = ("none", "fixed_frequency", "random")
 DEFENSES = ("none", "norm_clipping", "weak_dp", "krum", "multikrum", "bulyan", "fedmedian",
@@ -92,6 +94,9 @@ class ServerConfig:
     eval_batch_size: int = 1000
     eval_max_samples: int = 0  # 0: the whole held-out test set
     identify_timeout_s: float = 300.0
+    max_examples: int = 1_000_000  # a reply's num-examples must be in [1, max_examples]
+    max_update_bytes: int = 200_000_000  # a reply's arrays may not be larger
+    checkpoint_every: int = 1  # write <run>/checkpoint.pt every N rounds (resume point)
 
 
 @dataclass
@@ -131,6 +136,9 @@ class AttackConfig:
     pattern_pixels: int = 9  # pixel_pattern: 1, 3, 5, 7 or 9
     dba_parts: int = 4  # dba: parts of the global pattern
     aux_samples: int = 200  # triggers: victim images drawn when the attacker holds none
+    aux_train_samples: int = 0  # D_trn: true-distribution images the attacker holds besides its own
+    malformed_kind: str = "cycle"  # malformed: what to break (cycle: a different kind a round)
+    oversized_bytes: int = 250_000_000  # malformed "oversized": padding added to the update
 
 
 @dataclass
@@ -166,6 +174,7 @@ class ExperimentConfig:
     # data.cache_dir and reused by every run with the same clean setting.
     pretrain_rounds: int = 0
     checkpoint: str = ""  # start from this saved model instead (a checkpoint.pt of a run)
+    resume: str = ""  # a run folder: continue it from its last checkpointed round
 
 
 def _check(ok: bool, message: str) -> None:
@@ -237,6 +246,7 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     _one_of("attack.task", a.task, TASKS)
     _one_of("attack.schedule", a.schedule, SCHEDULES)
     _one_of("attack.project_every", a.project_every, ("epoch", "step"))
+    _one_of("attack.malformed_kind", a.malformed_kind, MALFORMED)
     labels = range(cfg.dataset.num_classes)
     _check(a.source_label in labels and a.target_label in labels and
            a.source_label != a.target_label,
@@ -253,7 +263,7 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     _check(a.norm_bound > 0, f"attack.norm_bound={a.norm_bound} must be positive")
     _check(1 <= a.pattern_pixels <= 9, f"attack.pattern_pixels={a.pattern_pixels} must be 1..9")
     _check(a.dba_parts >= 1, f"attack.dba_parts={a.dba_parts} must be at least 1")
-    if a.task == "semantic" and a.name != "none":
+    if a.task == "semantic" and a.name not in ("none", "malformed"):
         _check(a.num_backdoor_tasks >= 1,
                f"attack.num_backdoor_tasks={a.num_backdoor_tasks} must be at least 1")
     df = cfg.defense
@@ -264,6 +274,16 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     _check(cfg.pretrain_rounds >= 0, f"pretrain_rounds={cfg.pretrain_rounds} must be >= 0")
     if cfg.checkpoint:
         _check(Path(cfg.checkpoint).is_file(), f"checkpoint={cfg.checkpoint} is not a file")
+    _check(s.max_examples >= 1, f"server.max_examples={s.max_examples} must be at least 1")
+    _check(s.max_update_bytes > 0, f"server.max_update_bytes={s.max_update_bytes} must be positive")
+    _check(s.checkpoint_every >= 1, f"server.checkpoint_every={s.checkpoint_every} must be >= 1")
+    if df.name == "bulyan":
+        _check(cfg.clients_per_round >= 4 * df.num_malicious + 3,
+               f"defense=bulyan needs clients_per_round >= 4 * defense.num_malicious + 3 "
+               f"({4 * df.num_malicious + 3}), not {cfg.clients_per_round}")
+    if df.name in ("krum", "multikrum"):
+        _check(cfg.clients_per_round > 2 * df.num_malicious + 2,
+               f"defense={df.name} needs clients_per_round > 2 * defense.num_malicious + 2")
     f = cfg.federation
     if f.mode == "local":
         _check(

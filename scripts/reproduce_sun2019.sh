@@ -25,14 +25,13 @@ run fig2a        experiment=sun2019_fig2
 run fig1c        experiment=sun2019_fig1 attack.frequency=10 attack.num_malicious=12
 run fig1b        experiment=sun2019_fig1 attack.schedule=random
 run fig3_10      experiment=sun2019_fig3 attack.num_backdoor_tasks=10
-run fig3_50      experiment=sun2019_fig3 attack.num_backdoor_tasks=50
 plot=${FLBACKDOOR_PLOT:-flbackdoor-plot}
 "$plot" "$out/fig1a" "$out/fig1b" "$out/fig1c" --label "(a) f=1" --label "(b) random, 118 attackers" \
   --label "(c) f=10" --title "Fig. 1: boosted attack, no defense" -o "$out/figures/fig1.png"
 "$plot" "$out/fig2a" --label "(a) M=10, f=1" --title "Fig. 2: norm-bounded attack, no defense" \
   -o "$out/figures/fig2.png"
-"$plot" "$out/fig3_10" "$out/fig2a" "$out/fig3_50" --label "10 tasks" --label "30 tasks" \
-  --label "50 tasks" --title "Fig. 3: backdoor size, norm bound 10" -o "$out/figures/fig3.png"
+"$plot" "$out/fig3_10" "$out/fig2a" --label "10 tasks" --label "30 tasks" \
+  --title "Fig. 3: backdoor size, norm bound 10" -o "$out/figures/fig3.png"
 "$plot" "$out/clean" "$out/fig4a_M3" "$out/fig4a_M5" "$out/fig4a_M10" --label "unattacked" \
   --label "M=3" --label "M=5" --label "M=10" --title "Fig. 4(a): norm clipping" \
   -o "$out/figures/fig4a.png"

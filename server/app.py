@@ -67,42 +67,62 @@ def main(grid: Grid, context: Context) -> None:
     if reported != tuple(sorted(roles.malicious)):
         log(WARNING, "nodes report malicious partitions %s; the experiment assigns %s",
             list(reported), sorted(roles.malicious))
-    noise = torch.Generator().manual_seed(cfg.seed)
+    noise = torch.Generator().manual_seed(cfg.seed)  # weak DP's noise: its state is saved
     clip = cfg.defense.norm_bound if cfg.defense.name in (
         "norm_clipping", "weak_dp", "flower_dp_fixed") else None
     runner = RoundRunner(grid, cfg, nodes, evaluator, clip)
 
-    # 5. Clean pretraining, trained once per clean setting and reused from data.cache_dir.
+    # 5. Resuming: this run's last checkpoint (model, round, RNG state); the sampling, the
+    #    attacker schedule and every client's randomness are functions of (seed, round), so
+    #    nothing else needs saving.
+    resume_from = out_dir / "checkpoint.pt" if cfg.resume else None
     pretrain: dict = {}
-    if cfg.pretrain_rounds:
-        path = checkpoint.pretrained_path(cfg)
-        if path.exists():
-            state, start_round = checkpoint.load(path)
-            arrays = ArrayRecord(state)
-            pretrain = {"reused": True}
-        else:
-            clean = build_strategy(cfg, noise, defended=False)
-            last = start_round + cfg.pretrain_rounds
-            for rnd in range(start_round + 1, last + 1):
-                arrays, row = runner.run(rnd, arrays, clean, phase="pretrain", attacks_on=False)
-                log(INFO, progress_line(row, last))
-            start_round = last
-            checkpoint.save(path, arrays.to_torch_state_dict(), start_round)
-            pretrain = {"reused": False}
-        pretrain.update(rounds=cfg.pretrain_rounds, checkpoint=str(path),
-                        **evaluator(arrays.to_torch_state_dict()))
-        log(INFO, "pretrained clean model: %s", pretrain)
+    if resume_from is not None and resume_from.exists():
+        state, done_round = checkpoint.load(resume_from)
+        saved = checkpoint.load_extra(resume_from)
+        noise.set_state(saved["noise_rng"])
+        arrays, experiment_start = ArrayRecord(state), int(saved["experiment_start"])
+        pretrain = saved.get("pretrain", {})
+        log(INFO, "resuming %s after round %d", out_dir, done_round)
+    else:
+        if resume_from is not None:
+            log(WARNING, "resume=%s has no checkpoint.pt yet: starting over", out_dir)
+        # 6. Clean pretraining, trained once per clean setting and reused from data.cache_dir.
+        if cfg.pretrain_rounds:
+            path = checkpoint.pretrained_path(cfg)
+            if path.exists():
+                state, start_round = checkpoint.load(path)
+                arrays = ArrayRecord(state)
+                pretrain = {"reused": True}
+            else:
+                clean = build_strategy(cfg, noise, defended=False)
+                last = start_round + cfg.pretrain_rounds
+                for rnd in range(start_round + 1, last + 1):
+                    arrays, row = runner.run(rnd, arrays, clean, phase="pretrain",
+                                             attacks_on=False)
+                    log(INFO, progress_line(row, last))
+                start_round = last
+                checkpoint.save(path, arrays.to_torch_state_dict(), start_round)
+                pretrain = {"reused": False}
+            pretrain.update(rounds=cfg.pretrain_rounds, checkpoint=str(path),
+                            **evaluator(arrays.to_torch_state_dict()))
+            log(INFO, "pretrained clean model: %s", pretrain)
+        experiment_start = done_round = start_round
 
-    # 6. The experiment: rounds with attackers and defenses; a metrics row each.
+    # 7. The experiment: rounds with attackers and defenses; a metrics row and (every
+    #    server.checkpoint_every rounds) a checkpoint each.
     strategy = build_strategy(cfg, noise)
-    writer = ResultsWriter(out_dir, cfg)
-    last = start_round + cfg.num_rounds
-    for rnd in range(start_round + 1, last + 1):
+    writer = ResultsWriter(out_dir, cfg, keep_until=done_round if cfg.resume else None)
+    last = experiment_start + cfg.num_rounds
+    for rnd in range(done_round + 1, last + 1):
         arrays, row = runner.run(rnd, arrays, strategy)
         writer.write_round(row)
         log(INFO, progress_line(row, last))
+        if (rnd - experiment_start) % s.checkpoint_every == 0 or rnd == last:
+            checkpoint.save(out_dir / "checkpoint.pt", arrays.to_torch_state_dict(), rnd,
+                            noise_rng=noise.get_state(), experiment_start=experiment_start,
+                            pretrain=pretrain)
 
-    checkpoint.save(out_dir / "checkpoint.pt", arrays.to_torch_state_dict(), last)
     summary = writer.finish(time.monotonic() - started, initial=initial, pretrain=pretrain,
                             num_nodes=len(nodes), roles={"malicious": list(roles.malicious),
                                                          "targets": list(roles.targets)})

@@ -16,16 +16,23 @@ from flbackdoor.data.cache import cache_key
 from flbackdoor.updates import StateDict
 
 
-def save(path: Path, state: StateDict, server_round: int) -> None:
+def save(path: Path, state: StateDict, server_round: int, **extra: object) -> None:
+    """Written to a temp file and renamed: a killed run leaves the previous checkpoint whole."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp")
-    torch.save({"model": state, "round": server_round}, tmp)
+    torch.save({"model": state, "round": server_round, **extra}, tmp)
     os.replace(tmp, path)
 
 
 def load(path: Path) -> tuple[StateDict, int]:
     blob = torch.load(path, map_location="cpu", weights_only=True)
     return blob["model"], int(blob["round"])
+
+
+def load_extra(path: Path) -> dict:
+    """Everything a checkpoint holds besides the model and its round (e.g. RNG states)."""
+    blob = torch.load(path, map_location="cpu", weights_only=True)
+    return {k: v for k, v in blob.items() if k not in ("model", "round")}
 
 
 def pretrained_path(cfg: ExperimentConfig) -> Path:

@@ -1,8 +1,9 @@
-"""Who is who: a ``query.identify`` wave asks every node for its partition id and role.
+"""Who is who: a ``query.identify`` wave asks nodes for their partition id, role and size.
 
 The server cannot read a node's ``node_config``; in deployment a node's identity lives there
-(``partition-id``, ``role``), in simulation Flower sets ``partition-id`` itself. One query round
-at start-up gives the server the same map in both.
+(``partition-id``, ``role``), in simulation Flower sets ``partition-id`` itself. One query wave at
+start-up gives the server the same map in both; nodes that connect later (a restarted SuperNode
+gets a new node id) are asked the same way before the round that first sees them.
 """
 
 from __future__ import annotations
@@ -42,28 +43,48 @@ def wait_for_nodes(grid: Grid, count: int, timeout: float) -> list[int]:
         time.sleep(0.2)
 
 
+def ask_identity(grid: Grid, node_ids: list[int], timeout: float, poll_interval: float) -> list[Node]:
+    ask = [Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=n, message_type=IDENTIFY)
+           for n in node_ids]
+    wave = send_and_collect(grid, ask, timeout, poll_interval)
+    nodes = []
+    for reply in wave.ok:
+        try:
+            info = reply.content["node"]
+            nodes.append(Node(reply.metadata.src_node_id, int(info["partition-id"]),
+                              str(info["role"]), int(info.get("num-examples", 0))))
+        except (KeyError, TypeError, ValueError) as err:
+            log(WARNING, "node %s sent a malformed identity (%s): ignored",
+                reply.metadata.src_node_id, err)
+    return nodes
+
+
+def merge(by_partition: dict[int, Node], found: list[Node], expected: int,
+          replaceable: set[int] = frozenset()) -> list[int]:
+    """Add ``found`` nodes to the partition map; a partition held by a live node keeps it, one
+    in ``replaceable`` (its node went silent) passes to the newcomer. Returns the partitions
+    that got a node."""
+    placed = []
+    for node in found:
+        holder = by_partition.get(node.partition_id)
+        if not 0 <= node.partition_id < expected:
+            log(WARNING, "node %s claims partition %s outside 0..%s: ignored",
+                node.node_id, node.partition_id, expected - 1)
+        elif holder is not None and node.partition_id not in replaceable:
+            log(WARNING, "node %s claims partition %s already held by node %s: ignored",
+                node.node_id, node.partition_id, holder.node_id)
+        else:
+            by_partition[node.partition_id] = node
+            placed.append(node.partition_id)
+    return placed
+
+
 def identify(grid: Grid, expected: int, timeout: float, poll_interval: float) -> dict[int, Node]:
     """Partition id -> node, for every node that answered with a valid, unclaimed partition."""
     started = time.monotonic()
     node_ids = wait_for_nodes(grid, expected, timeout)
-    ask = [
-        Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=n, message_type=IDENTIFY)
-        for n in node_ids
-    ]
-    wave = send_and_collect(grid, ask, timeout, poll_interval)
     by_partition: dict[int, Node] = {}
-    for reply in wave.ok:
-        info = reply.content["node"]
-        node = Node(reply.metadata.src_node_id, int(info["partition-id"]), str(info["role"]),
-                    int(info.get("num-examples", 0)))
-        if not 0 <= node.partition_id < expected:
-            log(WARNING, "node %s claims partition %s outside 0..%s: ignored",
-                node.node_id, node.partition_id, expected - 1)
-        elif node.partition_id in by_partition:
-            log(WARNING, "node %s claims partition %s already held by node %s: ignored",
-                node.node_id, node.partition_id, by_partition[node.partition_id].node_id)
-        else:
-            by_partition[node.partition_id] = node
+    merge(by_partition, ask_identity(grid, node_ids, timeout, poll_interval), expected)
     roles = sorted({n.role for n in by_partition.values()})
     log(INFO, "identified %d of %d partitions in %.1fs (roles: %s)", len(by_partition), expected,
         time.monotonic() - started,

@@ -1,7 +1,8 @@
 """The results contract, written by the ServerApp into the run's output folder.
 
 - ``metrics.jsonl``: one JSON object per evaluated round (``round``, ``phase``,
-  ``main_accuracy``, ``main_loss``, ``num_clients``, ``wall_time_s``, ...), flushed each round.
+  ``main_accuracy``, ``main_loss``, ``num_clients``, ``wall_time_s``, ...), rewritten through a
+  temp file and a rename after each round.
 - ``summary.json``: ``final`` (the last row), ``initial``, ``rounds``, ``wall_time_s`` and the
   resolved ``config``; written to a temp file and renamed, so it is never torn.
   With an attack: ``final.backdoor_accuracy`` and ``mean_backdoor_accuracy`` (the cumulative mean
@@ -22,9 +23,7 @@ from flbackdoor.config import ExperimentConfig
 
 
 def write_json_atomic(path: Path, payload: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(payload, indent=2, sort_keys=True))
-    os.replace(tmp, path)
+    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True))
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -33,21 +32,36 @@ def read_metrics(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
 class ResultsWriter:
-    def __init__(self, out_dir: Path, cfg: ExperimentConfig) -> None:
+    """``keep_until``: resuming, the rows up to that round are kept (and nothing after it, so
+    no round is ever written twice); otherwise the folder's metrics start empty."""
+
+    def __init__(self, out_dir: Path, cfg: ExperimentConfig, keep_until: int | None = None) -> None:
         self.out_dir = out_dir
         self.cfg = cfg
         out_dir.mkdir(parents=True, exist_ok=True)
         self.metrics_path = out_dir / "metrics.jsonl"
-        self.metrics_path.write_text("")  # a fresh run: no rows of an earlier one in this folder
-        self.rows: list[dict] = []
+        old = read_metrics(self.metrics_path) if keep_until is not None else []
+        self.rows: list[dict] = [r for r in old if r["round"] <= (keep_until or 0)]
+        self._flush()
+
+    def _flush(self) -> None:
+        # The whole file each round, via rename: a killed run never leaves a torn line.
+        write_text_atomic(self.metrics_path,
+                          "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.rows))
 
     def write_round(self, row: dict) -> None:
         self.rows.append(row)
-        with self.metrics_path.open("a") as f:
-            f.write(json.dumps(row, sort_keys=True) + "\n")
-            f.flush()
-            os.fsync(f.fileno())
+        self._flush()
 
     def finish(self, wall_time_s: float, **extra: Any) -> dict:
         backdoor = [r["backdoor_accuracy"] for r in self.rows if "backdoor_accuracy" in r]

@@ -1,10 +1,14 @@
-"""One training round, from plan to metrics row: sample (schedule), one train wave, update
-statistics, aggregate (strategy), evaluate centrally."""
+"""One training round, from plan to metrics row: refresh who is alive, sample (schedule), one
+train wave, validate every reply, update statistics, aggregate (strategy), evaluate centrally.
+
+A node that does not answer in ``server.round_timeout_s`` costs its round only its reply: the
+round aggregates the replies that came (at least ``server.min_replies``) and the silent node's
+partition is not sampled again until a node (re)claims it, e.g. a restarted SuperNode."""
 
 from __future__ import annotations
 
 import time
-from logging import INFO
+from logging import INFO, WARNING
 
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.common.logger import log
@@ -15,10 +19,11 @@ from flbackdoor.config import ExperimentConfig
 from flbackdoor.updates import difference, global_norm
 from server.evaluation import CentralEvaluator
 from server.messaging import send_and_collect
-from server.registry import Node
+from server.registry import Node, ask_identity, merge
 from server.sampling import plan_round
 from server.strategies import SelectedNodes, reply_arrays
 from server.update_stats import update_statistics
+from server.validation import check_reply, expected_from
 
 
 def with_attacker_hints(messages: list[Message], attackers: set[int], hints: dict) -> list[Message]:
@@ -41,20 +46,50 @@ class RoundRunner:
                  evaluator: CentralEvaluator, clip_bound: float | None) -> None:
         self.grid, self.cfg, self.nodes, self.evaluator = grid, cfg, nodes, evaluator
         self.clip_bound = clip_bound
-        self.partition_of = {n.node_id: p for p, n in nodes.items()}
-        self.benign = sorted(p for p, n in nodes.items() if n.role == "benign")
-        self.malicious = sorted(p for p, n in nodes.items() if n.role == "malicious")
+        self.silent: set[int] = set()  # partitions whose node missed a round
+        self.asked: set[int] = {n.node_id for n in nodes.values()}
         self.started = time.monotonic()
+
+    def partition_of(self, node_id: int) -> int | None:
+        return next((p for p, n in self.nodes.items() if n.node_id == node_id), None)
+
+    def refresh(self) -> None:
+        """Identify nodes that connected since the last round (new or restarted SuperNodes)."""
+        new = [n for n in self.grid.get_node_ids() if n not in self.asked]
+        if not new:
+            return
+        self.asked |= set(new)
+        s = self.cfg.server
+        found = ask_identity(self.grid, new, s.round_timeout_s, s.poll_interval_s)
+        for p in merge(self.nodes, found, self.cfg.num_clients, replaceable=self.silent):
+            self.silent.discard(p)
+            log(INFO, "partition %d is served by node %d", p, self.nodes[p].node_id)
+
+    def _plan(self, rnd: int, attacks_on: bool) -> tuple[list[int], list[int]]:
+        """This round's partitions among the live nodes, and the live malicious partitions."""
+        self.refresh()
+        live = {p: n for p, n in self.nodes.items() if p not in self.silent}
+        benign = sorted(p for p, n in live.items() if n.role == "benign")
+        malicious = sorted(p for p, n in live.items() if n.role == "malicious")
+        plan = plan_round(rnd, benign, malicious, self.cfg.clients_per_round, self.cfg.attack,
+                          self.cfg.seed, attacks_on)
+        return plan, malicious
 
     def run(self, rnd: int, arrays: ArrayRecord, strategy: Strategy, phase: str = "train",
             attacks_on: bool = True) -> tuple[ArrayRecord, dict]:
         cfg, s = self.cfg, self.cfg.server
         t0 = time.monotonic()
-        plan = plan_round(rnd, self.benign, self.malicious, cfg.clients_per_round, cfg.attack,
-                          cfg.seed, attacks_on)
-        attackers = [p for p in plan if p in self.malicious]
+        plan, malicious = self._plan(rnd, attacks_on)
+        deadline = t0 + s.round_timeout_s
+        while not plan and time.monotonic() < deadline:  # every node silent: wait for returns
+            time.sleep(1.0)
+            plan, malicious = self._plan(rnd, attacks_on)
+        if not plan:
+            log(WARNING, "round %d: no live node to train with", rnd)
+        attackers = [p for p in plan if p in malicious]
         messages = list(strategy.configure_train(
-            rnd, arrays, ConfigRecord(), SelectedNodes([self.nodes[p].node_id for p in plan])))
+            rnd, arrays, ConfigRecord(), SelectedNodes([self.nodes[p].node_id for p in plan])
+        )) if plan else []
         if attackers:
             log(INFO, "round %d: malicious partitions sampled: %s", rnd, attackers)
             hints = {"attack-round-examples": sum(self.nodes[p].num_examples for p in plan),
@@ -62,13 +97,25 @@ class RoundRunner:
             messages = with_attacker_hints(
                 messages, {self.nodes[p].node_id for p in attackers}, hints)
         wave = send_and_collect(self.grid, messages, s.round_timeout_s, s.poll_interval_s)
+        for node_id in wave.missing:
+            if (p := self.partition_of(node_id)) is not None:
+                self.silent.add(p)
+        expected = expected_from(arrays, s.max_examples, s.max_update_bytes)
+        replies, rejected = [], []
+        for msg in wave.ok:
+            part = self.partition_of(msg.metadata.src_node_id)
+            reason = check_reply(msg.content, expected)
+            if reason is None:
+                replies.append((part, msg))
+            else:
+                rejected.append({"partition": part, "reason": reason})
+                log(WARNING, "round %d: update of partition %s rejected: %s", rnd, part, reason)
         # Partition order, so the float sums do not depend on which reply came first.
-        replies = sorted(wave.ok, key=lambda m: self.partition_of.get(m.metadata.src_node_id, -1))
+        replies = [m for _, m in sorted(replies, key=lambda pm: pm[0])]
         global_state = arrays.to_torch_state_dict()
         norms = [global_norm(difference(reply_arrays(m).to_torch_state_dict(), global_state))
                  for m in replies]
-        from_attacker = [self.partition_of.get(m.metadata.src_node_id) in self.malicious
-                         for m in replies]
+        from_attacker = [self.partition_of(m.metadata.src_node_id) in malicious for m in replies]
         stats = update_statistics(norms, from_attacker, self.clip_bound)
 
         new_arrays, train_metrics = (None, None)
@@ -86,6 +133,7 @@ class RoundRunner:
             "num_sampled": len(messages),
             "num_malicious": sum(from_attacker),
             "missing_nodes": len(wave.missing) + len(wave.errors),
+            "rejected_updates": rejected,
             "train_loss": float(train_metrics["train_loss"])
             if train_metrics and "train_loss" in train_metrics else None,
             **stats,

@@ -35,13 +35,18 @@ def flbackdoor(args: list[str], timeout: float = 600, env: dict | None = None,
         timeout=timeout, env={**os.environ, **(env or {})}, **popen)
 
 
-def flower_processes() -> set[int]:
-    """Live (non-zombie) Flower processes on this machine: the ones a run must not leave."""
+def flower_processes(run_dir: Path | None = None) -> set[int]:
+    """Live (non-zombie) Flower processes: the ones a run must not leave behind. With
+    ``run_dir``, only those of that run (their FLWR_HOME lies under it), so runs elsewhere on
+    the machine do not count."""
     found = set()
+    marker = f"FLWR_HOME={run_dir}".encode() if run_dir is not None else None
     for proc in Path("/proc").glob("[0-9]*"):
         try:
             cmd = (proc / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
             state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+            if marker is not None and marker not in (proc / "environ").read_bytes():
+                continue
         except OSError:
             continue
         names = ("flower-superlink", "flower-supernode", "flower-superexec", "flwr-serverapp",

@@ -28,11 +28,12 @@ def small(cache_dir: Path, *extra: str) -> list[str]:
             "clients_per_round=3", "num_rounds=2", "dataset.max_train_samples=3000", *extra]
 
 
-def no_leftovers(before: set[int], timeout: float = 15.0) -> bool:
+def no_leftovers(run_dir: Path, timeout: float = 15.0) -> bool:
+    """No process of the run in ``run_dir`` outlives it."""
     deadline = time.monotonic() + timeout
-    while flower_processes() - before and time.monotonic() < deadline:
+    while flower_processes(run_dir) and time.monotonic() < deadline:
         time.sleep(0.5)
-    return not (flower_processes() - before)
+    return not flower_processes(run_dir)
 
 
 def assert_results_contract(run_dir: Path, rounds: int) -> list[dict]:
@@ -48,33 +49,30 @@ def assert_results_contract(run_dir: Path, rounds: int) -> list[dict]:
 
 
 def test_local_deployment_over_grpc(tmp_path, cache_dir):
-    before = flower_processes()
     res = flbackdoor(small(cache_dir, f"hydra.run.dir={tmp_path}"))
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     rows = assert_results_contract(tmp_path, 2)
     assert rows[-1]["main_accuracy"] > 0.8, rows  # chance is 0.1
     assert rows[-1]["main_accuracy"] > rows[0]["main_accuracy"] - 0.02
     assert [r["num_clients"] for r in rows] == [3, 3]
-    assert "[round 1/2] main_accuracy=" in res.stdout and "[round 2/2]" in res.stdout
+    assert "[train round 1/2] main_accuracy=" in res.stdout and "[train round 2/2]" in res.stdout
     # One SuperLink, three SuperNodes, each its own process with its own log, over gRPC.
     logs = sorted(p.name for p in (tmp_path / "logs").iterdir())
     assert logs == ["superlink.log", "supernode-0.log", "supernode-1.log", "supernode-2.log"]
     assert "grpc" in (tmp_path / "logs" / "superlink.log").read_text().lower()
-    assert no_leftovers(before)
+    assert no_leftovers(tmp_path)
 
 
 def test_simulation_engine(tmp_path, cache_dir):
-    before = flower_processes()
     res = flbackdoor(small(cache_dir, "federation=simulation", f"hydra.run.dir={tmp_path}"))
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     rows = assert_results_contract(tmp_path, 2)
     assert rows[-1]["main_accuracy"] > 0.8, rows
     assert "Starting Flower Simulation" in res.stdout
-    assert no_leftovers(before)
+    assert no_leftovers(tmp_path)
 
 
 def test_multirun_writes_sweep_summary(tmp_path, cache_dir):
-    before = flower_processes()
     res = flbackdoor(["-m", *small(cache_dir, "federation=simulation", "num_rounds=1",
                                    "client.lr=0.01,0.05", f"hydra.sweep.dir={tmp_path}")])
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
@@ -86,20 +84,18 @@ def test_multirun_writes_sweep_summary(tmp_path, cache_dir):
     for r in rows:
         assert 0.1 < float(r["final_main_accuracy"]) <= 1.0 and r["rounds"] == "1"
         assert (tmp_path / r["job"] / "metrics.jsonl").exists()
-    assert no_leftovers(before)
+    assert no_leftovers(tmp_path)
 
 
 def test_failed_run_exits_nonzero_and_stops_everything(tmp_path, cache_dir):
     # An identify query that cannot be answered in 1 ms makes the ServerApp raise.
-    before = flower_processes()
     res = flbackdoor(small(cache_dir, "server.identify_timeout_s=0.001", f"hydra.run.dir={tmp_path}"))
     assert res.returncode == 1
     assert "flbackdoor: run failed: run" in res.stderr and "finished:failed" in res.stderr
-    assert no_leftovers(before)
+    assert no_leftovers(tmp_path)
 
 
 def test_ctrl_c_stops_every_process(tmp_path, cache_dir):
-    before = flower_processes()
     proc = subprocess.Popen(
         [sys.executable, "-m", "flbackdoor.cli", *small(cache_dir, "num_rounds=50",
                                                         f"hydra.run.dir={tmp_path}")],
@@ -108,10 +104,10 @@ def test_ctrl_c_stops_every_process(tmp_path, cache_dir):
     for line in proc.stdout:  # wait until the federation is really running a round
         if "identified 3 of 3 partitions" in line:
             break
-    assert len(flower_processes() - before) >= 4, "SuperLink and 3 SuperNodes should be up"
+    assert len(flower_processes(tmp_path)) >= 4, "SuperLink and 3 SuperNodes should be up"
     proc.send_signal(signal.SIGINT)
     proc.communicate(timeout=60)
-    assert no_leftovers(before)
+    assert no_leftovers(tmp_path)
 
 
 def test_remote_superlink_started_by_hand(tmp_path, cache_dir):
@@ -120,7 +116,6 @@ def test_remote_superlink_started_by_hand(tmp_path, cache_dir):
     from flbackdoor.federation.processes import ProcessGroup, free_port, port_open
     from flbackdoor.federation.submit import flwr_env
 
-    before = flower_processes()
     fleet, http = free_port(), free_port()
     env = flwr_env(tmp_path / "server_home")
     with ProcessGroup(tmp_path / "logs", env) as procs:
@@ -142,4 +137,4 @@ def test_remote_superlink_started_by_hand(tmp_path, cache_dir):
     rows = assert_results_contract(tmp_path / "run", 2)
     assert rows[-1]["main_accuracy"] > 0.8
     assert (tmp_path / "node_cache").is_dir(), "nodes built their cache from their own data-root"
-    assert no_leftovers(before)
+    assert no_leftovers(tmp_path)

@@ -46,5 +46,6 @@ def run_local(cfg: ExperimentConfig, run_dir: Path) -> int:
                        f.startup_timeout_s, "SuperLink")
         for pid, role in enumerate(node_roles(cfg)):
             procs.start(f"supernode-{pid}",
-                        supernode_cmd(f.host, fleet, free_port(f.host), pid, cfg.num_clients, role))
+                        supernode_cmd(f.host, fleet, free_port(f.host), pid, cfg.num_clients, role),
+                        critical=False)
         return submit(run_dir, run_config, env, procs)

@@ -5,13 +5,19 @@ SuperExec), so stopping also walks /proc for every descendant before signalling.
 
 from __future__ import annotations
 
+import contextlib
+import logging
 import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
+
+
+log = logging.getLogger("flbackdoor")
 
 
 class ProcessFailed(RuntimeError):
@@ -37,21 +43,32 @@ class ProcessGroup:
         self.log_dir = log_dir
         self.env = env
         self.procs: dict[str, subprocess.Popen] = {}
+        self.optional: set[str] = set()
+        self.reported: set[str] = set()
         log_dir.mkdir(parents=True, exist_ok=True)
 
-    def start(self, name: str, cmd: list[str]) -> subprocess.Popen:
+    def start(self, name: str, cmd: list[str], critical: bool = True) -> subprocess.Popen:
+        """``critical=False``: the run survives this process's death (a SuperNode: the server
+        goes on without its replies); its exit is only logged."""
         log = (self.log_dir / f"{name}.log").open("ab")
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env,
                                 stdin=subprocess.DEVNULL, start_new_session=True)
         log.close()
         self.procs[name] = proc
+        if not critical:
+            self.optional.add(name)
         return proc
 
     def check_alive(self) -> None:
         for name, proc in self.procs.items():
-            if proc.poll() is not None:
-                raise ProcessFailed(
-                    f"{name} exited with code {proc.returncode}; see {self.log_dir / name}.log")
+            if proc.poll() is None:
+                continue
+            where = f"{name} exited with code {proc.returncode}; see {self.log_dir / name}.log"
+            if name not in self.optional:
+                raise ProcessFailed(where)
+            if name not in self.reported:
+                self.reported.add(name)
+                log.warning("%s (the run goes on without it)", where)
 
     def wait_for(self, ready: Callable[[], bool], timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
@@ -62,6 +79,12 @@ class ProcessGroup:
             time.sleep(0.1)
 
     def stop(self, grace: float = 10.0) -> None:
+        """SIGTERM everything, SIGKILL what is left after ``grace`` seconds. A second Ctrl-C or
+        SIGTERM while stopping must not cut the cleanup short, so both are ignored meanwhile."""
+        with _signals_ignored():
+            self._stop(grace)
+
+    def _stop(self, grace: float) -> None:
         family = descendants([p.pid for p in self.procs.values()])
         for proc in self.procs.values():
             _signal_group(proc, signal.SIGTERM)
@@ -83,6 +106,19 @@ class ProcessGroup:
 
     def __exit__(self, *exc) -> None:
         self.stop()
+
+
+@contextlib.contextmanager
+def _signals_ignored():
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    old = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for sig, handler in old.items():
+            signal.signal(sig, handler)
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:

@@ -13,6 +13,7 @@ import shutil
 import subprocess
 import sys
 import threading
+import time
 from pathlib import Path
 
 import tomli_w
@@ -119,10 +120,23 @@ def submit(
         raise RunFailed(str(watchdog_error[0]))
     if run_id is None:
         raise RunFailed(f"flwr run did not start a run (exit {proc.returncode}); see {log_path}")
-    status = run_status(run_id, env)
+    status = wait_for_end(run_id, env, procs)
     if status != "finished:completed":
         raise RunFailed(f"run {run_id} ended with status {status!r}; see {log_path}")
     return run_id
+
+
+def wait_for_end(run_id: int, env: dict[str, str], procs: ProcessGroup | None,
+                 poll: float = 2.0) -> str:
+    """The run's final status. The log stream can end before the run does (its client was
+    killed, the connection dropped): then poll the SuperLink until the run is over."""
+    while True:
+        status = run_status(run_id, env)
+        if status.startswith("finished") or status.startswith("unknown"):
+            return status
+        if procs is not None:
+            procs.check_alive()
+        time.sleep(poll)
 
 
 def run_status(run_id: int, env: dict[str, str]) -> str:

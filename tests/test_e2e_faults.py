@@ -1,0 +1,127 @@
+"""Faults with real processes: SuperNodes killed mid-round, a malicious SuperNode sending every
+kind of malformed update, and an experiment killed and resumed."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from server.results import read_metrics
+
+from conftest import REPO, SHARED_DATA, flbackdoor, flower_processes, requires_shared_data
+
+pytestmark = [requires_shared_data, pytest.mark.e2e]
+
+
+def base(cache_dir: Path, run_dir: Path, *extra: str) -> list[str]:
+    return [f"data.root={SHARED_DATA}", f"data.cache_dir={cache_dir}", "num_clients=3",
+            "clients_per_round=3", "dataset.max_train_samples=1500", f"hydra.run.dir={run_dir}",
+            *extra]
+
+
+def test_every_malformed_kind_from_a_real_malicious_node_is_rejected(tmp_path, cache_dir):
+    from attacker.malformed import KINDS
+
+    res = flbackdoor(base(cache_dir, tmp_path, f"num_rounds={len(KINDS)}", "attack=malformed",
+                          "attack.num_malicious=1", "attack.oversized_bytes=6000000",
+                          "server.max_update_bytes=4000000"))
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    reasons = [r["rejected_updates"] for r in rows]
+    assert [len(r) for r in reasons] == [1] * len(KINDS), reasons
+    expected = ["non-finite", "non-finite", "shape", "dtype", "missing arrays", "num-examples",
+                "exceeds server.max_update_bytes"]
+    assert all(word in r[0]["reason"] for word, r in zip(expected, reasons)), reasons
+    assert all(r["num_clients"] == 2 for r in rows)
+    assert all(0.0 <= r["main_accuracy"] <= 1.0 and r["main_loss"] < 10 for r in rows)
+    assert rows[-1]["main_accuracy"] > 0.7  # training went on with the honest nodes
+
+
+def _supernode(partition: int) -> tuple[int, list[str], dict[str, str]]:
+    """A live SuperNode's pid, command line and environment (to start it again as it was)."""
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            argv = (proc / "cmdline").read_bytes().split(b"\0")
+            environ = (proc / "environ").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        text = b" ".join(argv).decode(errors="replace")
+        if "flower-supernode" in text and f"partition-id={partition} " in text:
+            env = dict(e.decode().split("=", 1) for e in environ if b"=" in e)
+            return int(proc.name), [a.decode() for a in argv if a], env
+
+
+def test_supernodes_killed_mid_round_cost_only_their_replies(tmp_path, cache_dir):
+    """Five trials: in rounds 2-6 one SuperNode is killed (SIGKILL) as the round starts and
+    restarted right away as a new process; the run completes with every round aggregated."""
+    from flbackdoor.federation.processes import free_port
+
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flbackdoor.cli",
+         *base(cache_dir, tmp_path, "num_rounds=6", "server.round_timeout_s=20")],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    restarted: list[subprocess.Popen] = []
+    killed_in: list[int] = []
+    try:
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if "[train round " in line:
+                done = int(line.split("[train round ")[1].split("/")[0])
+                if done < 6:
+                    victim = done % 3
+                    pid, argv, env = _supernode(victim)
+                    os.killpg(pid, signal.SIGKILL)
+                    killed_in.append(done + 1)
+                    argv[argv.index("--port") + 1] = str(free_port())
+                    log = (tmp_path / f"restarted-{victim}-{done + 1}.log").open("wb")
+                    restarted.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
+                                                      env=env, start_new_session=True))
+        assert proc.wait(timeout=60) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+        for p in restarted:
+            os.killpg(p.pid, signal.SIGKILL)
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    assert killed_in == [2, 3, 4, 5, 6]
+    assert [r["round"] for r in rows] == [1, 2, 3, 4, 5, 6]
+    assert sum(r["missing_nodes"] for r in rows) == 5, rows
+    assert all(r["num_clients"] >= 2 for r in rows)
+    assert rows[-1]["main_accuracy"] > 0.7
+    time.sleep(2)
+    assert not flower_processes(tmp_path)
+
+
+def test_resume_after_a_kill_reproduces_the_uninterrupted_run(tmp_path, cache_dir):
+    args = ["num_rounds=4", "federation=simulation", "defense=weak_dp",
+            "defense.norm_bound=5", "defense.noise_std=0.01"]
+    full = flbackdoor(base(cache_dir, tmp_path / "full", *args))
+    assert full.returncode == 0, full.stderr[-3000:]
+
+    run = tmp_path / "killed"
+    proc = subprocess.Popen([sys.executable, "-m", "flbackdoor.cli", *base(cache_dir, run, *args)],
+                            cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    assert proc.stdout is not None
+    for line in proc.stdout:
+        if "[train round 2/4]" in line:
+            proc.send_signal(signal.SIGTERM)  # like a scheduler ending the job
+            break
+    proc.communicate(timeout=60)
+    assert proc.returncode != 0 and not (run / "summary.json").exists()
+    assert len(read_metrics(run / "metrics.jsonl")) in (1, 2)
+
+    resumed = flbackdoor([f"resume={run}", f"hydra.run.dir={tmp_path / 'resume_invocation'}"])
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
+    a, b = read_metrics(tmp_path / "full" / "metrics.jsonl"), read_metrics(run / "metrics.jsonl")
+    assert [r["round"] for r in b] == [1, 2, 3, 4], "no round missing or written twice"
+    for key in ("main_accuracy", "main_loss", "num_clients"):
+        assert [r[key] for r in a] == [r[key] for r in b], key
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["final"]["main_accuracy"] == a[-1]["main_accuracy"]
