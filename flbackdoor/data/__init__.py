@@ -1,0 +1,1 @@
+"""Datasets, partitions and the memory-mapped caches clients read their partition from."""
