@@ -20,11 +20,11 @@ run fig4a_M3     experiment=sun2019_fig4a defense.norm_bound=3
 run fig4a_M5     experiment=sun2019_fig4a defense.norm_bound=5
 run fig4b_s0     experiment=sun2019_fig4b defense.noise_std=0
 run fig4b_s0025  experiment=sun2019_fig4b defense.noise_std=0.025
-run fig4a_M10    experiment=sun2019_fig4a defense.norm_bound=10
 run fig2a        experiment=sun2019_fig2
+run fig4a_M10    experiment=sun2019_fig4a defense.norm_bound=10
 run fig1c        experiment=sun2019_fig1 attack.frequency=10 attack.num_malicious=12
-run fig1b        experiment=sun2019_fig1 attack.schedule=random
 run fig3_10      experiment=sun2019_fig3 attack.num_backdoor_tasks=10
+run fig1b        experiment=sun2019_fig1 attack.schedule=random
 plot=${FLBACKDOOR_PLOT:-flbackdoor-plot}
 "$plot" "$out/fig1a" "$out/fig1b" "$out/fig1c" --label "(a) f=1" --label "(b) random, 118 attackers" \
   --label "(c) f=10" --title "Fig. 1: boosted attack, no defense" -o "$out/figures/fig1.png"

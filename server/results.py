@@ -92,10 +92,11 @@ def plot_curves(rows: list[dict], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     rounds = [r["round"] for r in rows]
     fig, (acc_ax, loss_ax) = plt.subplots(1, 2, figsize=(10, 4))
-    acc_ax.plot(rounds, [r["main_accuracy"] for r in rows], ":", color="tab:blue",
+    acc_ax.plot(rounds, [r["main_accuracy"] for r in rows], ":", marker=".", color="tab:blue",
                 label="main task")
     if rows and "backdoor_accuracy" in rows[0]:
         backdoor = [r["backdoor_accuracy"] for r in rows]
@@ -104,10 +105,11 @@ def plot_curves(rows: list[dict], path: Path) -> None:
                     label="backdoor, cumulative mean")
     acc_ax.set(xlabel="round", ylabel="accuracy", ylim=(0, 1.02), title="Accuracy")
     acc_ax.legend(loc="lower right")
-    loss_ax.plot(rounds, [r["main_loss"] for r in rows], ":", color="tab:blue")
+    loss_ax.plot(rounds, [r["main_loss"] for r in rows], ":", marker=".", color="tab:blue")
     loss_ax.set(xlabel="round", ylabel="cross-entropy", title="Main-task loss")
     for ax in (acc_ax, loss_ax):
         ax.grid(alpha=0.3)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
