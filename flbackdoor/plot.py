@@ -43,6 +43,7 @@ def plot_runs(runs: list[Path], labels: list[str], out: Path, title: str = "") -
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(7, 4.5))
     for i, (run, label) in enumerate(zip(runs, labels)):
@@ -57,6 +58,7 @@ def plot_runs(runs: list[Path], labels: list[str], out: Path, title: str = "") -
     ax.set(xlabel="round", ylabel="accuracy", ylim=(0, 1.02),
            title=title or "dotted: main task, solid: backdoor task")
     ax.grid(alpha=0.3)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     ax.legend(fontsize=8, loc="upper center", bbox_to_anchor=(0.5, -0.14), ncol=1)
     fig.savefig(out, dpi=110, bbox_inches="tight")
     plt.close(fig)
