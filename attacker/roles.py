@@ -5,6 +5,7 @@ and the ServerApp (backdoor test set) all derive the same answer."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -21,6 +22,13 @@ class Roles:
 
     def attacker_index(self, partition_id: int) -> int:
         return self.malicious.index(partition_id)
+
+
+def roles_for(cfg: ExperimentConfig, cache: Path) -> Roles:
+    """The roles of ``cfg``'s federation, from its partition cache's label counts."""
+    from flbackdoor.data.cache import load_meta
+
+    return assign_roles(cfg, load_meta(cache)["label_counts"])
 
 
 def assign_roles(cfg: ExperimentConfig, label_counts: list[list[int]]) -> Roles:

@@ -47,7 +47,7 @@ class SemanticTask:
 
 class TriggerTask:
     def __init__(self, cfg: ExperimentConfig, cache: Path) -> None:
-        a, d = cfg.attack, cfg.dataset
+        d = cfg.dataset
         self.cfg, self.cache = cfg, cache
         # "Bright" in the model's eyes: raw 0 where the dataset is inverted (FEMNIST).
         self.value = 0 if d.invert else 255

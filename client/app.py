@@ -11,7 +11,7 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.node import data_folder, identity, local_paths, partition_data
+from client.node import identity, local_paths, partition_data
 from flbackdoor.config import from_run_config
 from flbackdoor.models import build_model
 from flbackdoor.training import Normalizer, as_tensors, pick_device, train as local_train
@@ -77,12 +77,12 @@ def _malform(arrays: ArrayRecord, n: int, cfg, server_round: int) -> tuple[Array
 def _attack(cfg, partition_id, model, global_state, local, hints, device, generator):
     """The malicious path: imported only on malicious nodes."""
     from attacker.crafting import attack_boost, attacker_train_data, craft_update
-    from attacker.roles import assign_roles
+    from attacker.roles import roles_for
     from attacker.tasks import build_task
-    from flbackdoor.data.cache import load_meta
+    from flbackdoor.data.cache import prepare
 
-    folder = data_folder(cfg)
-    roles = assign_roles(cfg, load_meta(folder)["label_counts"])
+    folder = prepare(cfg)
+    roles = roles_for(cfg, folder)
     index = roles.attacker_index(partition_id) if partition_id in roles.malicious else 0
     poison = build_task(cfg, folder, roles).poison(*local, index)
     n = len(local[1])

@@ -11,13 +11,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 from flwr.app import Context
 
 from flbackdoor.config import ExperimentConfig
-from flbackdoor.data.cache import cache_dir, load_meta, load_partition, prepare
+from flbackdoor.data.cache import load_partition, prepare
 
 ROLES = ("benign", "malicious")
 
@@ -36,12 +35,6 @@ def local_paths(context: Context, cfg: ExperimentConfig) -> ExperimentConfig:
     return dataclasses.replace(cfg, data=data)
 
 
-def data_folder(cfg: ExperimentConfig) -> Path:
-    """The partition cache: built here first if this host has none."""
-    folder: Path = cache_dir(cfg)
-    return folder if (folder / "meta.json").exists() else prepare(cfg)
-
-
 def identity(context: Context, cfg: ExperimentConfig) -> NodeIdentity:
     nc = context.node_config
     if "partition-id" not in nc:
@@ -55,14 +48,14 @@ def identity(context: Context, cfg: ExperimentConfig) -> NodeIdentity:
     if "role" in nc:
         role = str(nc["role"])
     else:  # simulation: the experiment decides, as the launcher does for real nodes
-        from attacker.roles import assign_roles
+        from attacker.roles import roles_for
 
-        counts = load_meta(data_folder(cfg))["label_counts"]
-        role = assign_roles(cfg, counts).role(pid)
+        role = roles_for(cfg, prepare(cfg)).role(pid)
     if role not in ROLES:
         raise ValueError(f"node_config role={role!r} is not one of {', '.join(ROLES)}")
     return NodeIdentity(pid, role)
 
 
 def partition_data(cfg: ExperimentConfig, partition_id: int) -> tuple[np.ndarray, np.ndarray]:
-    return load_partition(data_folder(cfg), partition_id)
+    """This node's training data; ``prepare`` builds the cache first on a host that has none."""
+    return load_partition(prepare(cfg), partition_id)

@@ -19,10 +19,10 @@ from flwr.app import ArrayRecord, Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
-from attacker.roles import assign_roles
+from attacker.roles import roles_for
 from attacker.tasks import build_task
 from flbackdoor.config import from_run_config
-from flbackdoor.data.cache import load_meta, prepare
+from flbackdoor.data.cache import prepare
 from flbackdoor.models import build_model
 from server import checkpoint
 from server.evaluation import CentralEvaluator
@@ -44,7 +44,7 @@ def main(grid: Grid, context: Context) -> None:
 
     # 2. Data (the cache exists already when flbackdoor launched us), roles, backdoor task.
     cache = prepare(cfg)
-    roles = assign_roles(cfg, load_meta(cache)["label_counts"])
+    roles = roles_for(cfg, cache)
     task = build_task(cfg, cache, roles)
     evaluator = CentralEvaluator(cfg, cache, task.test_set() if task else None)
 

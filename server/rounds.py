@@ -77,7 +77,7 @@ class RoundRunner:
 
     def run(self, rnd: int, arrays: ArrayRecord, strategy: Strategy, phase: str = "train",
             attacks_on: bool = True) -> tuple[ArrayRecord, dict]:
-        cfg, s = self.cfg, self.cfg.server
+        s = self.cfg.server
         t0 = time.monotonic()
         plan, malicious = self._plan(rnd, attacks_on)
         deadline = t0 + s.round_timeout_s

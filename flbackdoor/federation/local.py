@@ -13,10 +13,10 @@ from flbackdoor.federation.submit import flwr_bin, flwr_env, submit, write_flwr_
 def node_roles(cfg: ExperimentConfig) -> list[str]:
     """The role each partition's SuperNode is started with (``role="malicious"`` for the
     experiment's attackers: real separate processes running attacker code)."""
-    from attacker.roles import assign_roles
-    from flbackdoor.data.cache import load_meta, prepare
+    from attacker.roles import roles_for
+    from flbackdoor.data.cache import prepare
 
-    roles = assign_roles(cfg, load_meta(prepare(cfg))["label_counts"])
+    roles = roles_for(cfg, prepare(cfg))
     return [roles.role(p) for p in range(cfg.num_clients)]
 
 
