@@ -3,6 +3,9 @@
 - ``boosted``: train w* on D_trn + D_mal from w_t, send w_t + b (w* - w_t).
 - ``norm_bounded``: the same, projecting w onto the L2 ball of radius M / b around w_t after
   every epoch (or step), so the boosted update's norm is at most M.
+
+An epoch is one pass over D_trn + D_mal (``attack.data_mix=union``) or, as in the TFF reference,
+a pass over D_trn followed by a pass over D_mal (``alternate``).
 - ``data_poisoning``: train on D_trn + D_mal and send w* unboosted (the baseline).
 
 b is the boost each attacker applies: beta / m with beta = sum n_k / (eta n_attacker) over the
@@ -63,24 +66,34 @@ def craft_update(model: nn.Module, global_state: StateDict, local: tuple[np.ndar
                  poison: tuple[np.ndarray, np.ndarray], cfg: ExperimentConfig, factor: float,
                  device: torch.device, generator: torch.Generator) -> tuple[StateDict, TrainResult]:
     a = cfg.attack
-    x, y = as_tensors(np.concatenate([np.asarray(local[0]), poison[0]]),
-                      np.concatenate([np.asarray(local[1]), poison[1]]), device)
-    normalize = Normalizer(cfg.dataset, device)
-    epochs = a.epochs or cfg.client.epochs
-    if a.name != "norm_bounded":
-        result = train(model, x, y, dataclasses.replace(cfg.client, epochs=epochs), normalize,
-                       generator)
+    if a.data_mix == "union":
+        passes = [as_tensors(np.concatenate([np.asarray(local[0]), poison[0]]),
+                             np.concatenate([np.asarray(local[1]), poison[1]]), device)]
     else:
+        passes = [as_tensors(*local, device), as_tensors(*poison, device)]
+    normalize = Normalizer(cfg.dataset, device)
+    project = None
+    if a.name == "norm_bounded":
         radius = a.norm_bound / factor
 
         def project() -> None:
             model.load_state_dict(project_l2(model.state_dict(), global_state, radius))
 
-        one_epoch = dataclasses.replace(cfg.client, epochs=1)
-        for _ in range(epochs):
-            result = train(model, x, y, one_epoch, normalize, generator,
-                           after_step=project if a.project_every == "step" else None)
+    after_step = project if a.project_every == "step" else None
+    epochs = a.epochs or cfg.client.epochs
+    # One train() call per pass keeps the optimizer (and its momentum) across epochs when
+    # nothing has to happen between them.
+    calls, per_call = (1, epochs) if project is None and len(passes) == 1 else (epochs, 1)
+    results = []
+    for _ in range(calls):
+        results += [train(model, x, y, dataclasses.replace(cfg.client, epochs=per_call),
+                          normalize, generator, after_step=after_step)
+                    for x, y in passes if len(y)]
+        if project is not None:
             project()
+    steps = sum(r.steps for r in results)
+    result = TrainResult(sum(r.loss * r.steps for r in results) / max(steps, 1),
+                         sum(len(y) for _, y in passes), steps)
     w_star = model.state_dict()
     if a.name == "data_poisoning":
         return w_star, result

@@ -1,5 +1,5 @@
 """The ClientApp: ``train`` (local SGD from the global model, or the attacker's crafted update
-on a malicious node) and ``query.identify``.
+on a malicious node), ``query.identify``, and the pruning queries of ``client/pruning.py``.
 
 Each handler is thin glue: records in, plain PyTorch in between, records out. Imports stay
 light: in deployment every message starts a new process.
@@ -11,12 +11,16 @@ import torch
 from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from client.node import identity, local_paths, partition_data
+from client import pruning
+from client.node import identity, local_paths, partition_data, training_data
 from flbackdoor.config import from_run_config
 from flbackdoor.models import build_model
 from flbackdoor.training import Normalizer, as_tensors, pick_device, train as local_train
 
 app = ClientApp()
+# Wu et al.'s pruning rounds (client/pruning.py).
+app.query("prune_activations")(pruning.activations)
+app.query("prune_evaluate")(pruning.evaluate_candidates)
 
 
 @app.query("identify")
@@ -46,20 +50,29 @@ def train(msg: Message, context: Context) -> Message:
     global_state = msg.content["arrays"].to_torch_state_dict()
     model.load_state_dict(global_state)
     local = partition_data(cfg, node.partition_id)
+    defense_metrics: dict[str, int] = {}  # what a client-side defense reports (ABL isolation)
     attacking = node.role == "malicious" and cfg.attack.name not in ("none", "malformed")
     if attacking:
         state, result = _attack(cfg, node.partition_id, model, global_state, local, dict(config),
                                 device, generator)
     else:
-        x, y = as_tensors(*local, device)
-        result = local_train(model, x, y, cfg.client, Normalizer(d, device), generator)
+        # An honest node's data, poisoned where an outsider got to it (attacker/poisoning.py).
+        x, y, poisoned = training_data(cfg, node.partition_id)
+        x, y = as_tensors(x, y, device)
+        if cfg.client_defense.name == "abl":
+            from client.abl import abl_train
+
+            result, defense_metrics = abl_train(model, x, y, poisoned, cfg, server_round,
+                                                context.state, Normalizer(d, device), generator)
+        else:
+            result = local_train(model, x, y, cfg.client, Normalizer(d, device), generator)
         state = model.state_dict()
 
     arrays = ArrayRecord({k: v.detach().cpu() for k, v in state.items()})
     n: float = result.num_examples
     if node.role == "malicious" and cfg.attack.name == "malformed":
         arrays, n = _malform(arrays, n, cfg, server_round)
-    metrics = MetricRecord({"num-examples": n, "train_loss": result.loss})
+    metrics = MetricRecord({"num-examples": n, "train_loss": result.loss, **defense_metrics})
     return Message(RecordDict({"arrays": arrays, "metrics": metrics}), reply_to=msg)
 
 

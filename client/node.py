@@ -59,3 +59,16 @@ def identity(context: Context, cfg: ExperimentConfig) -> NodeIdentity:
 def partition_data(cfg: ExperimentConfig, partition_id: int) -> tuple[np.ndarray, np.ndarray]:
     """This node's training data; ``prepare`` builds the cache first on a host that has none."""
     return load_partition(prepare(cfg), partition_id)
+
+
+def training_data(cfg: ExperimentConfig, partition_id: int
+                  ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """An honest node's data as it holds it: its partition, poisoned when the outsider chose
+    it (``poisoning``), and the poisoned indices (ground truth, only for scoring isolation)."""
+    x, y = partition_data(cfg, partition_id)
+    if cfg.poisoning.kind == "none":
+        return x, y, np.zeros(0, np.int64)
+    from attacker.poisoning import poison_partition
+    from attacker.roles import roles_for
+
+    return poison_partition(cfg, partition_id, x, y, roles_for(cfg, prepare(cfg)).malicious)

@@ -60,8 +60,13 @@ def run(dcfg: DictConfig) -> dict:
     if cfg.federation.mode != "remote":  # remote data lives on the SuperLink's host
         cache = prepare(cfg)  # fails here, before any process starts, if the data is missing
         log.info("data cache: %s", cache)
-    run_id = launch(cfg, run_dir)
-    summary = read_summary(run_dir) if cfg.federation.mode != "remote" else {}
+    if cfg.federation.mode == "centralized":  # one model in this process, no Flower
+        from flbackdoor.centralized import run_centralized
+
+        run_id, summary = "centralized", run_centralized(cfg, run_dir)
+    else:
+        run_id = launch(cfg, run_dir)
+        summary = read_summary(run_dir) if cfg.federation.mode != "remote" else {}
     if summary:
         log.info("run %s done: final main_accuracy=%.4f after %d rounds, %.1fs", run_id,
                  summary["final"]["main_accuracy"], summary["rounds"], summary["wall_time_s"])

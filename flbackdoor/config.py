@@ -18,13 +18,18 @@ from typing import Any
 DATASETS = ("mnist", "fashion_mnist", "cifar10", "femnist")
 MODELS = ("sun_emnist_cnn", "wu_mnist_cnn", "wu_fmnist_cnn", "wu_cifar_cnn")
 PARTITIONS = ("iid", "natural", "k_label", "dirichlet")
-FEDERATIONS = ("local", "simulation", "remote")
+FEDERATIONS = ("local", "simulation", "remote", "centralized", "docker")
 DEVICES = ("auto", "cpu", "cuda")
 ATTACKS = ("none", "boosted", "norm_bounded", "data_poisoning", "malformed")
 MALFORMED = ("cycle", "nan", "inf", "wrong_shape", "wrong_dtype", "missing_array",
              "absurd_examples", "oversized")
 TASKS = ("semantic", "pixel_pattern", "dba")
 SCHEDULES = ("none", "fixed_frequency", "random")
+POISONINGS = ("none", "badnets", "blend", "sig")
+CLIENT_DEFENSES = ("none", "abl")
+PRUNINGS = ("none", "ranking", "majority")
+PRUNING_STOPS = ("server_validation", "client_reports")
+PRUNING_LIES = ("none", "reverse", "keep_backdoor", "false_accuracy")
 DEFENSES = ("none", "norm_clipping", "weak_dp", "krum", "multikrum", "bulyan", "fedmedian",
             "fedtrimmedavg", "flower_dp_fixed")
 
@@ -113,6 +118,13 @@ class FederationConfig:
     insecure: bool = True  # remote: plaintext (loopback or a trusted network only)
     root_certificates: str = ""  # remote: CA bundle for TLS
     results_dir: str = ""  # remote: results folder on the SuperLink host ("" = this run's path)
+    # docker: the image built from ./Dockerfile (the engine cannot pull it from anywhere)
+    image: str = "flbackdoor:latest"
+    # docker: GPUs for the SuperNode containers: auto (if the engine has NVIDIA's runtime), all,
+    # none; "all" on a host without the NVIDIA Container Toolkit fails to start them
+    gpus: str = "auto"
+    # docker: TLS and SuperNode authentication on the containers' network (it is not loopback)
+    tls: bool = True
 
 
 @dataclass
@@ -129,6 +141,10 @@ class AttackConfig:
     boost_factor: float = 0.0
     norm_bound: float = 10.0  # norm_bounded: the boosted update's L2 norm is at most this M
     project_every: str = "epoch"  # norm_bounded: project after each "epoch" or "step"
+    # How an attacker epoch visits its data: "union" = one shuffled pass over D_trn + D_mal;
+    # "alternate" = a pass over D_trn, then one over D_mal (the TFF reference), which gives the
+    # backdoor half of the steps however large D_trn is.
+    data_mix: str = "union"
     epochs: int = 0  # attacker's local epochs (0: client.epochs)
     source_label: int = 7  # semantic: the target writers' digit; triggers: the victim label
     target_label: int = 1
@@ -155,6 +171,69 @@ class DefenseConfig:
 
 
 @dataclass
+class PoisoningConfig:
+    """An outsider poisoned honest data before training (ABL's threat model): the whole
+    training set in centralized mode, ``num_clients`` honest partitions in a federation."""
+
+    kind: str = "none"  # none | badnets | blend | sig (sig is clean-label)
+    rate: float = 0.1  # share of a poisoned dataset (or partition) that carries the trigger
+    target_label: int = 0
+    num_clients: int = 0  # federated: honest partitions poisoned (a seeded choice)
+    blend_alpha: float = 0.2  # blend: (1 - alpha) x + alpha * pattern
+    sig_delta: float = 20.0  # sig: amplitude of the sinusoid, in raw 0..255 pixel units
+    sig_frequency: float = 6.0  # sig: periods across the image width
+
+
+@dataclass
+class ClientDefenseConfig:
+    """A defense each honest client runs on its own data (or the single model, centralized):
+    Anti-Backdoor Learning (Li et al. 2021)."""
+
+    name: str = "none"  # none | abl
+    gamma: float = 0.5  # LGA loss floor
+    isolation_fraction: float = 0.01  # p: the lowest-loss share of the examples isolated
+    # T_te: LGA epochs (centralized) or server rounds (federated) before isolation; a client
+    # isolates at its first participation after round lga_rounds.
+    lga_rounds: int = 20
+    # Federated: local GGA epochs per round once isolated (0: client.epochs). Centralized:
+    # GGA runs for the num_rounds - lga_rounds epochs that are left.
+    unlearning_epochs: int = 0
+    unlearning_lr: float = 0.0  # GGA learning rate (0: client.lr)
+    # LGA's sign on the minibatch mean loss ("batch", the authors' code) or per example
+    # ("example", eq. 3 read literally).
+    lga_sign: str = "batch"
+    # GGA's ascent on the isolated set: "complement" descends -log(1 - p_y) (never saturates,
+    # never diverges), "ce" ascends the cross-entropy itself (eq. 3 literally).
+    ascent: str = "complement"
+
+
+@dataclass
+class PruningConfig:
+    """Wu et al.'s post-training defense: federated pruning of the last conv layer's channels,
+    extreme-weight adjustment, federated fine-tuning, then adjustment again."""
+
+    name: str = "none"  # none | ranking (ranking vote) | majority (majority vote)
+    prune_neurons: bool = True  # false: no pruning rounds, adjust extreme weights only (Table III)
+    rate: float = 0.6  # majority: p, the share of channels each client votes to prune
+    # How many to prune, and which delta: the server tests candidates on its own validation
+    # set, or asks the clients for their local accuracies of the candidates.
+    stop: str = "server_validation"  # server_validation | client_reports
+    validation_size: int = 1000  # server_validation: seeded slice of the training images
+    max_drop: float = 0.01  # stop when accuracy drops more than this between two test points
+    step: int = 1  # channels pruned between two test points
+    report_aggregate: str = "median"  # client_reports: median or mean of the clients' curves
+    activation_samples: int = 0  # >0: clients measure activations on at most this many images
+    delta: float = 3.0  # extreme weights: zero last-conv weights outside mu +- delta * sigma
+    delta_search: bool = False  # search delta over delta_grid, large to small, until acc drops
+    delta_grid: list[float] = field(default_factory=lambda: [6.0, 5.0, 4.0, 3.5, 3.0, 2.5, 2.0,
+                                                             1.5, 1.0])
+    finetune_rounds: int = 0  # federated rounds on the pruned model (attackers take part)
+    # What a malicious node answers in pruning rounds: its honest view, its ranking reversed,
+    # a view that keeps the channels its backdoor uses, or false accuracies of the candidates.
+    lie: str = "none"  # none | reverse | keep_backdoor | false_accuracy
+
+
+@dataclass
 class ExperimentConfig:
     seed: int = 0
     num_rounds: int = 5
@@ -170,6 +249,9 @@ class ExperimentConfig:
     federation: FederationConfig = field(default_factory=FederationConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
     defense: DefenseConfig = field(default_factory=DefenseConfig)
+    pruning: PruningConfig = field(default_factory=PruningConfig)
+    poisoning: PoisoningConfig = field(default_factory=PoisoningConfig)
+    client_defense: ClientDefenseConfig = field(default_factory=ClientDefenseConfig)
     # Clean rounds before the experiment (attack) starts, from a checkpoint cached in
     # data.cache_dir and reused by every run with the same clean setting.
     pretrain_rounds: int = 0
@@ -193,7 +275,9 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     _one_of("partition.name", cfg.partition.name, PARTITIONS)
     _one_of("federation.mode", cfg.federation.mode, FEDERATIONS)
     _one_of("device", cfg.device, DEVICES)
-    _check(cfg.num_rounds >= 1, f"num_rounds={cfg.num_rounds} must be at least 1")
+    # A defense-only run (pruning a checkpoint) may train no round.
+    _check(cfg.num_rounds >= (0 if cfg.pruning.name != "none" else 1),
+           f"num_rounds={cfg.num_rounds} must be at least 1 (0 only with pruning)")
     _check(cfg.num_clients >= 1, f"num_clients={cfg.num_clients} must be at least 1")
     _check(
         1 <= cfg.clients_per_round <= cfg.num_clients,
@@ -246,6 +330,7 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     _one_of("attack.task", a.task, TASKS)
     _one_of("attack.schedule", a.schedule, SCHEDULES)
     _one_of("attack.project_every", a.project_every, ("epoch", "step"))
+    _one_of("attack.data_mix", a.data_mix, ("union", "alternate"))
     _one_of("attack.malformed_kind", a.malformed_kind, MALFORMED)
     labels = range(cfg.dataset.num_classes)
     _check(a.source_label in labels and a.target_label in labels and
@@ -272,6 +357,7 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     _check(df.noise_std >= 0, f"defense.noise_std={df.noise_std} must be >= 0")
     _check(0 <= df.trim_fraction < 0.5, f"defense.trim_fraction={df.trim_fraction} must be in [0, 0.5)")
     _check(cfg.pretrain_rounds >= 0, f"pretrain_rounds={cfg.pretrain_rounds} must be >= 0")
+    _validate_abl(cfg)
     if cfg.checkpoint:
         _check(Path(cfg.checkpoint).is_file(), f"checkpoint={cfg.checkpoint} is not a file")
     _check(s.max_examples >= 1, f"server.max_examples={s.max_examples} must be at least 1")
@@ -284,6 +370,7 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     if df.name in ("krum", "multikrum"):
         _check(cfg.clients_per_round > 2 * df.num_malicious + 2,
                f"defense={df.name} needs clients_per_round > 2 * defense.num_malicious + 2")
+    _validate_pruning(cfg.pruning)
     f = cfg.federation
     if f.mode == "local":
         _check(
@@ -297,7 +384,74 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
             f.insecure or bool(f.root_certificates),
             "federation=remote with insecure=false needs federation.root_certificates",
         )
+    if f.mode == "docker":
+        _one_of("federation.gpus", f.gpus, ("auto", "all", "none"))
+        _check(bool(f.image), "federation=docker needs federation.image (docker build -t NAME .)")
+        _check(
+            cfg.num_clients <= f.max_local_nodes,
+            f"federation=docker starts one container per client; num_clients={cfg.num_clients} "
+            f"exceeds federation.max_local_nodes={f.max_local_nodes}",
+        )
     return cfg
+
+
+def _validate_abl(cfg: ExperimentConfig) -> None:
+    """The outsider's poisoning and the client-side defense (ABL)."""
+    p, cd = cfg.poisoning, cfg.client_defense
+    centralized = cfg.federation.mode == "centralized"
+    _one_of("poisoning.kind", p.kind, POISONINGS)
+    _check(0 < p.rate < 1, f"poisoning.rate={p.rate} must be in (0, 1)")
+    _check(p.target_label in range(cfg.dataset.num_classes),
+           f"poisoning.target_label={p.target_label} is not a label of the dataset")
+    _check(0 < p.blend_alpha <= 1, f"poisoning.blend_alpha={p.blend_alpha} must be in (0, 1]")
+    _check(p.sig_delta > 0, f"poisoning.sig_delta={p.sig_delta} must be positive")
+    _check(p.sig_frequency > 0, f"poisoning.sig_frequency={p.sig_frequency} must be positive")
+    honest = cfg.num_clients - (cfg.attack.num_malicious if cfg.attack.name != "none" else 0)
+    _check(0 <= p.num_clients <= honest,
+           f"poisoning.num_clients={p.num_clients} must be between 0 and the {honest} honest "
+           f"clients")
+    if p.kind != "none" and not centralized:
+        _check(p.num_clients >= 1, f"poisoning={p.kind} in a federation needs "
+               "poisoning.num_clients >= 1 (how many honest clients' data is poisoned)")
+    _one_of("client_defense.name", cd.name, CLIENT_DEFENSES)
+    _check(cd.gamma >= 0, f"client_defense.gamma={cd.gamma} must be >= 0")
+    _one_of("client_defense.lga_sign", cd.lga_sign, ("batch", "example"))
+    _one_of("client_defense.ascent", cd.ascent, ("complement", "ce"))
+    _check(0 < cd.isolation_fraction < 1,
+           f"client_defense.isolation_fraction={cd.isolation_fraction} must be in (0, 1)")
+    _check(cd.unlearning_epochs >= 0,
+           f"client_defense.unlearning_epochs={cd.unlearning_epochs} must be >= 0")
+    _check(cd.unlearning_lr >= 0, f"client_defense.unlearning_lr={cd.unlearning_lr} must be >= 0")
+    if cd.name == "abl":
+        # The schedule counts server rounds from 1; pretraining rounds would be counted too.
+        _check(cfg.pretrain_rounds == 0 or centralized,
+               f"client_defense=abl needs pretrain_rounds=0, not {cfg.pretrain_rounds} (ABL "
+               "trains from the first round on the poisoned data)")
+        _check(1 <= cd.lga_rounds < cfg.num_rounds,
+               f"client_defense.lga_rounds={cd.lga_rounds} must be between 1 and "
+               f"num_rounds={cfg.num_rounds} - 1 (ABL isolates after it, then unlearns)")
+    if centralized:
+        _check(cfg.attack.name == "none",
+               f"attack={cfg.attack.name} needs a federation (federation=centralized trains one "
+               "model on the poisoned training set)")
+
+
+def _validate_pruning(p: PruningConfig) -> None:
+    _one_of("pruning.name", p.name, PRUNINGS)
+    _one_of("pruning.stop", p.stop, PRUNING_STOPS)
+    _one_of("pruning.report_aggregate", p.report_aggregate, ("median", "mean"))
+    _one_of("pruning.lie", p.lie, PRUNING_LIES)
+    _check(0 < p.rate < 1, f"pruning.rate={p.rate} must be in (0, 1)")
+    _check(p.validation_size >= 1, f"pruning.validation_size={p.validation_size} must be >= 1")
+    _check(p.max_drop >= 0, f"pruning.max_drop={p.max_drop} must be >= 0")
+    _check(p.step >= 1, f"pruning.step={p.step} must be at least 1")
+    _check(p.activation_samples >= 0,
+           f"pruning.activation_samples={p.activation_samples} must be >= 0")
+    _check(p.delta > 0, f"pruning.delta={p.delta} must be positive")
+    _check(len(p.delta_grid) >= 1 and all(d > 0 for d in p.delta_grid)
+           and list(p.delta_grid) == sorted(p.delta_grid, reverse=True),
+           f"pruning.delta_grid={list(p.delta_grid)} must be positive and descending")
+    _check(p.finetune_rounds >= 0, f"pruning.finetune_rounds={p.finetune_rounds} must be >= 0")
 
 
 def from_dict(cls: type, data: dict[str, Any]) -> Any:

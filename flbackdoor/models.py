@@ -7,7 +7,10 @@
 - ``wu_fmnist_cnn``: their Fashion-MNIST net, 3 conv + 2 FC.
 - ``wu_cifar_cnn``: their CIFAR-10 net, 4 conv + 3 FC.
 
-Every model exposes ``last_conv`` (the layer whose output channels federated pruning ranks).
+Every model exposes ``last_conv`` (the layer whose output channels federated pruning ranks)
+and a ``channel_mask`` buffer (one 0/1 entry per channel of that layer, all ones until pruned):
+a buffer, so the mask travels in the state dict to clients, aggregation, evaluation and
+checkpoints without any of them knowing about pruning.
 """
 
 from __future__ import annotations
@@ -41,13 +44,34 @@ class ConvNet(nn.Module):
             flat = width
         layers.append(nn.Linear(flat, num_classes))
         self.classifier = nn.Sequential(*layers)
+        self.register_buffer("channel_mask", torch.ones(self.last_conv.out_channels))
 
     @property
     def last_conv(self) -> nn.Conv2d:
         return [m for m in self.features if isinstance(m, nn.Conv2d)][-1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.features(x))
+        # Every layer after the last conv (activation, pooling, dropout) maps each channel on
+        # its own and 0 to 0, so masking the features' output removes the pruned channels
+        # exactly as zeroing their conv output would.
+        return self.classifier(self.features(x) * self.channel_mask.view(1, -1, 1, 1))
+
+
+# Buffers only the server sets (pruning): aggregation keeps the global model's values.
+SERVER_BUFFERS = ("channel_mask",)
+
+
+def with_channel_mask(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``state`` with an all-ones ``channel_mask`` when it predates the mask (older checkpoints
+    and cached pretrained models), first as in ``ConvNet.state_dict()``."""
+    if "channel_mask" in state:
+        return state
+    convs = [(int(k.split(".")[1]), v) for k, v in state.items()
+             if k.startswith("features.") and k.endswith(".weight") and v.dim() == 4]
+    if not convs:
+        return state
+    last = max(convs, key=lambda iv: iv[0])[1]
+    return {"channel_mask": torch.ones(last.shape[0]), **state}
 
 
 def _conv_pool_blocks(in_ch: int, widths: list[int], kernel: int, pool_every: int) -> list[nn.Module]:

@@ -6,13 +6,7 @@
 set -euo pipefail
 out=${1:-results/sun2019}; shift || true
 extra=("data.root=${DATA_ROOT:-../shared/data}" "$@")
-fb=${FLBACKDOOR:-flbackdoor}
-run() {  # run <name> <overrides...>
-  local name=$1; shift
-  if [ -f "$out/$name/summary.json" ]; then echo "skip $name (done)"; return; fi
-  echo "== $name: $*"
-  "$fb" "${extra[@]}" "$@" "hydra.run.dir=$out/$name" > "$out/$name.log" 2>&1 || echo "FAILED $name (see $out/$name.log)"
-}
+source "$(dirname "$0")/runs.sh"
 mkdir -p "$out/figures"
 run clean        experiment=sun2019_clean
 run fig1a        experiment=sun2019_fig1

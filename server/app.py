@@ -19,6 +19,7 @@ from flwr.app import ArrayRecord, Context
 from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
+from attacker.poisoning import backdoor_test_set, poisoned_partitions
 from attacker.roles import roles_for
 from attacker.tasks import build_task
 from flbackdoor.config import from_run_config
@@ -46,7 +47,9 @@ def main(grid: Grid, context: Context) -> None:
     cache = prepare(cfg)
     roles = roles_for(cfg, cache)
     task = build_task(cfg, cache, roles)
-    evaluator = CentralEvaluator(cfg, cache, task.test_set() if task else None)
+    # ASR: the malicious nodes' backdoor task, else the outsider's poisoning trigger (if any).
+    backdoor = task.test_set() if task else backdoor_test_set(cfg, cache)
+    evaluator = CentralEvaluator(cfg, cache, backdoor)
 
     # 3. The starting model: fresh, or a saved checkpoint (its round number carries on).
     d = cfg.dataset
@@ -123,9 +126,27 @@ def main(grid: Grid, context: Context) -> None:
                             noise_rng=noise.get_state(), experiment_start=experiment_start,
                             pretrain=pretrain)
 
+    # 8. Wu et al.'s defense after training: pruning rounds, extreme weights, fine-tuning.
+    #    The defended model (its channel mask included) goes to pruned.pt; checkpoint.pt stays
+    #    the trained model, the starting point for another defense run.
+    extra: dict = {}
+    if cfg.pruning.name != "none":
+        from server.pruning import PruningDefense, phase_block
+
+        trained = [r for r in writer.rows if r.get("phase") == "train"]
+        train_block = phase_block(trained[-1] if trained else {"round": last, **initial})
+        arrays, phases, saved = PruningDefense(grid, cfg, runner, evaluator, cache,
+                                               writer).run(arrays, last, strategy)
+        extra["phases"] = {"train": train_block, **phases}
+        checkpoint.save(out_dir / "pruned.pt", arrays.to_torch_state_dict(),
+                        last + cfg.pruning.finetune_rounds, pruning=saved)
+
     summary = writer.finish(time.monotonic() - started, initial=initial, pretrain=pretrain,
                             num_nodes=len(nodes), roles={"malicious": list(roles.malicious),
-                                                         "targets": list(roles.targets)})
+                                                         "targets": list(roles.targets),
+                                                         "poisoned": list(poisoned_partitions(
+                                                             cfg, roles.malicious))},
+                            **extra)
     log(INFO, "done: final %s after %d rounds in %.1fs (results in %s)",
         {k: v for k, v in summary["final"].items() if k.endswith("accuracy")},
         summary["rounds"], summary["wall_time_s"], out_dir)

@@ -13,6 +13,7 @@ import torch
 
 from flbackdoor.config import ExperimentConfig
 from flbackdoor.data.cache import cache_key
+from flbackdoor.models import with_channel_mask
 from flbackdoor.updates import StateDict
 
 
@@ -26,7 +27,7 @@ def save(path: Path, state: StateDict, server_round: int, **extra: object) -> No
 
 def load(path: Path) -> tuple[StateDict, int]:
     blob = torch.load(path, map_location="cpu", weights_only=True)
-    return blob["model"], int(blob["round"])
+    return with_channel_mask(blob["model"]), int(blob["round"])
 
 
 def load_extra(path: Path) -> dict:

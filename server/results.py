@@ -64,7 +64,9 @@ class ResultsWriter:
         self._flush()
 
     def finish(self, wall_time_s: float, **extra: Any) -> dict:
-        backdoor = [r["backdoor_accuracy"] for r in self.rows if "backdoor_accuracy" in r]
+        # Over the training rounds: the defense's phases have their own blocks (``phases``).
+        backdoor = [r["backdoor_accuracy"] for r in self.rows
+                    if "backdoor_accuracy" in r and r.get("phase", "train") == "train"]
         if backdoor:
             extra["mean_backdoor_accuracy"] = sum(backdoor) / len(backdoor)
         summary = {

@@ -16,8 +16,10 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Strategy
 
 from flbackdoor.config import ExperimentConfig
+from flbackdoor.models import SERVER_BUFFERS
 from flbackdoor.updates import difference, global_norm
 from server.evaluation import CentralEvaluator
+from server.isolation import isolation_metrics
 from server.messaging import send_and_collect
 from server.registry import Node, ask_identity, merge
 from server.sampling import plan_round
@@ -39,6 +41,15 @@ def with_attacker_hints(messages: list[Message], attackers: set[int], hints: dic
                           message_type=msg.metadata.message_type)
         out.append(msg)
     return out
+
+
+def keep_server_buffers(arrays: ArrayRecord, global_state: dict) -> ArrayRecord:
+    """``arrays`` with the server's own buffers (the pruning mask) as they were: no reply, noise
+    or robust aggregator may move them."""
+    kept = {k: global_state[k] for k in SERVER_BUFFERS if k in global_state}
+    if not kept:
+        return arrays
+    return ArrayRecord({**arrays.to_torch_state_dict(), **kept})
 
 
 class RoundRunner:
@@ -124,7 +135,8 @@ class RoundRunner:
         else:
             log(INFO, "round %d: %d replies < server.min_replies=%d, model kept",
                 rnd, len(replies), s.min_replies)
-        arrays = new_arrays if new_arrays is not None else arrays
+        if new_arrays is not None:
+            arrays = keep_server_buffers(new_arrays, global_state)
         row = {
             "round": rnd,
             "phase": phase,
@@ -137,6 +149,7 @@ class RoundRunner:
             "train_loss": float(train_metrics["train_loss"])
             if train_metrics and "train_loss" in train_metrics else None,
             **stats,
+            **isolation_metrics(replies),
             "round_time_s": time.monotonic() - t0,
             "wall_time_s": time.monotonic() - self.started,
         }

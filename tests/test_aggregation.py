@@ -37,3 +37,22 @@ def test_weighted_mean_rejects_empty_or_zero_weight():
         weighted_mean([], [])
     with pytest.raises(ValueError):
         weighted_mean([{"a": torch.ones(1)}], [0])
+
+
+def test_aggregation_cannot_move_the_pruning_mask():
+    """Weak DP's noise (or a reply) changes every array it sees; the round keeps the server's
+    channel mask as it was."""
+    from flwr.app import ArrayRecord
+
+    from defenses.weak_dp import noisy_clipped_mean
+    from server.rounds import keep_server_buffers
+
+    mask = torch.tensor([1.0, 0.0, 1.0])
+    global_state = {"w": torch.zeros(3), "channel_mask": mask}
+    reply = {"w": torch.ones(3), "channel_mask": torch.ones(3)}  # tries to un-prune channel 1
+    delta = {k: reply[k] - global_state[k] for k in reply}
+    mean = noisy_clipped_mean([delta], 10.0, 0.5, 1, torch.Generator().manual_seed(0))
+    moved = {k: global_state[k] + mean[k] for k in mean}
+    assert not torch.equal(moved["channel_mask"], mask)
+    kept = keep_server_buffers(ArrayRecord(moved), global_state).to_torch_state_dict()
+    assert torch.equal(kept["channel_mask"], mask) and torch.equal(kept["w"], moved["w"])

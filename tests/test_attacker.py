@@ -63,9 +63,11 @@ def _tiny(name: str, norm_bound: float = 1.0):
     return cfg, model, local, poison
 
 
+@pytest.mark.parametrize("mix", ["union", "alternate"])
 @pytest.mark.parametrize("factor", [1.0, 10.0, 30.0])
-def test_norm_bounded_update_has_norm_at_most_M(factor):
+def test_norm_bounded_update_has_norm_at_most_M(factor, mix):
     cfg, model, local, poison = _tiny("norm_bounded", norm_bound=2.0)
+    cfg.attack.data_mix = mix
     start = {k: v.clone() for k, v in model.state_dict().items()}
     sent, _ = craft_update(model, start, local, poison, cfg, factor, torch.device("cpu"),
                            torch.Generator().manual_seed(0))
@@ -162,3 +164,16 @@ def test_semantic_task_is_the_target_partitions_source_images(mnist_cache):
     x, y = task.test_set()
     assert len(x) == sevens > 0 and set(y) == {1}
     assert task.poison(*load_partition(folder, 0), 0)[0] is x
+
+
+@pytest.mark.parametrize("mix, steps_per_epoch", [("union", 2), ("alternate", 2 + 1)])
+def test_data_mix_decides_the_passes(mix, steps_per_epoch):
+    """alternate (the TFF reference): a pass over D_trn, then one over D_mal, every epoch."""
+    cfg, model, local, poison = _tiny("boosted")
+    cfg.attack.data_mix, cfg.client.batch_size = mix, 48
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+    _, result = craft_update(model, start, local, poison, cfg, 1.0, torch.device("cpu"),
+                             torch.Generator().manual_seed(0))
+    # 64 local + 16 poisoned images, batch 48: union 2 batches; alternate 2 + 1.
+    assert result.steps == cfg.client.epochs * steps_per_epoch
+    assert result.num_examples == 80

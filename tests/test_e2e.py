@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -99,15 +100,23 @@ def test_ctrl_c_stops_every_process(tmp_path, cache_dir):
     proc = subprocess.Popen(
         [sys.executable, "-m", "flbackdoor.cli", *small(cache_dir, "num_rounds=50",
                                                         f"hydra.run.dir={tmp_path}")],
-        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        # A shell starting pytest in the background (`pytest &`) makes it ignore SIGINT, and
+        # children inherit that: give the run the default a terminal's Ctrl-C meets.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     assert proc.stdout is not None
     for line in proc.stdout:  # wait until the federation is really running a round
         if "identified 3 of 3 partitions" in line:
             break
     assert len(flower_processes(tmp_path)) >= 4, "SuperLink and 3 SuperNodes should be up"
     proc.send_signal(signal.SIGINT)
-    proc.communicate(timeout=60)
-    assert no_leftovers(tmp_path)
+    try:
+        proc.communicate(timeout=60)
+        assert no_leftovers(tmp_path)
+    finally:  # a failure here must not leave a 50-round federation running
+        proc.kill()
+        for pid in flower_processes(tmp_path):
+            os.kill(pid, signal.SIGKILL)
 
 
 def test_remote_superlink_started_by_hand(tmp_path, cache_dir):

@@ -3,6 +3,7 @@
 - ``local``: one SuperLink and N SuperNodes as separate OS processes over gRPC on loopback.
 - ``simulation``: a SuperLink in simulation mode (Flower's Simulation Engine, Ray).
 - ``remote``: submit to a SuperLink someone else started (other hosts, containers).
+- ``docker``: a SuperLink and N SuperNode containers through the Docker SDK (TLS, node auth).
 """
 
 from __future__ import annotations
@@ -18,6 +19,8 @@ def launch(cfg: ExperimentConfig, run_dir: Path) -> int:
         from flbackdoor.federation.local import run_local as run
     elif cfg.federation.mode == "simulation":
         from flbackdoor.federation.simulation import run_simulation as run
+    elif cfg.federation.mode == "docker":
+        from flbackdoor.federation.docker import run_docker as run
     else:
         from flbackdoor.federation.remote import run_remote as run
     return run(cfg, run_dir)

@@ -6,6 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from flbackdoor.config import ExperimentConfig
+from flbackdoor.federation import commands
 from flbackdoor.federation.processes import ProcessGroup, free_port, port_open
 from flbackdoor.federation.submit import flwr_bin, flwr_env, submit, write_flwr_home, write_run_config
 
@@ -21,17 +22,16 @@ def node_roles(cfg: ExperimentConfig) -> list[str]:
 
 
 def superlink_cmd(host: str, fleet_port: int, http_port: int, simulation: bool = False) -> list[str]:
-    cmd = [flwr_bin("flower-superlink"), "--insecure", "--isolation", "subprocess",
-           "--disable-runtime-dependency-installation",
-           "--fleet-api-address", f"{host}:{fleet_port}", "--host", host, "--port", str(http_port)]
-    return cmd + (["--simulation"] if simulation else [])
+    """Plaintext: every process of a local federation talks over loopback."""
+    cmd = commands.superlink_cmd(f"{host}:{fleet_port}", host, http_port, simulation=simulation)
+    return [flwr_bin(cmd[0]), *cmd[1:]]
 
 
 def supernode_cmd(host: str, fleet_port: int, port: int, partition_id: int, num_partitions: int,
                   role: str) -> list[str]:
-    node_config = f'partition-id={partition_id} num-partitions={num_partitions} role="{role}"'
-    return [flwr_bin("flower-supernode"), "--insecure", "--superlink", f"{host}:{fleet_port}",
-            "--port", str(port), "--node-config", node_config]
+    cmd = commands.supernode_cmd(f"{host}:{fleet_port}", port,
+                                 commands.node_config(partition_id, num_partitions, role))
+    return [flwr_bin(cmd[0]), *cmd[1:]]
 
 
 def run_local(cfg: ExperimentConfig, run_dir: Path) -> int:

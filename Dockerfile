@@ -1,0 +1,41 @@
+# One image for every part of a federation: SuperLink, SuperNodes and the experiment runner
+# (docker-compose.yml, federation=docker). Build: docker build -t flbackdoor:latest .
+#
+# The pinned torch wheels carry CUDA (their nvidia-* wheels): a container given a GPU by the
+# NVIDIA Container Toolkit uses it, the same image runs on CPU everywhere else. No secrets are
+# baked in: certificates and node keys are made at run time into a volume (/certs).
+FROM python:3.11-slim-bookworm
+
+ENV PYTHONUNBUFFERED=1 \
+    PIP_NO_CACHE_DIR=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION=1 \
+    FLWR_DISABLE_UPDATE_CHECK=1 \
+    FLWR_HOME=/tmp/flwr \
+    MPLCONFIGDIR=/tmp/matplotlib
+
+# Layer 1, the big one (~5.5 GB): torch and torchvision, pinned as a pair as in pyproject.toml.
+RUN pip install --no-cache-dir torch==2.14.1 torchvision==0.29.1
+
+WORKDIR /app
+# Layer 2: the other dependencies, read from pyproject.toml alone, so editing the source
+# rebuilds neither this layer nor the one above.
+COPY pyproject.toml ./
+RUN python -c "import tomllib; print('\n'.join(tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies']))" > /tmp/requirements.txt \
+    && pip install --no-cache-dir -r /tmp/requirements.txt \
+    && rm /tmp/requirements.txt
+
+# Layer 3: the source, installed editable: `flwr run` builds the Flower App from /app.
+COPY . .
+RUN pip install --no-cache-dir --no-deps -e . \
+    && useradd --create-home --uid 1000 --shell /usr/sbin/nologin flwr \
+    && mkdir -p /data /results /cache /certs \
+    && chown flwr:flwr /data /results /cache /certs \
+    && chmod 1777 /results /cache
+
+USER 1000:1000
+# Data in, results out; /cache (partition caches) and /certs are volumes in docker-compose.yml.
+VOLUME ["/data", "/results"]
+# 9092: Fleet API (SuperNodes dial it), 9093: Control API (flwr run, node registration).
+EXPOSE 9092 9093
+CMD ["flbackdoor", "--help"]

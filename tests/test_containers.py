@@ -1,0 +1,304 @@
+"""The container setup, checked offline. No Docker engine runs on these machines (and no image
+registry is reachable), so nothing here builds or starts a container: the compose files go
+through a real Compose implementation's validator (Debian's docker-compose), the Dockerfile
+through hadolint, and the Docker SDK launcher's container specs (``federation=docker``) are
+compared with what that validator resolves from ``docker-compose.yml``. The certificate maker is
+tested for real; the TLS handshake itself runs in tests/test_multihost.py."""
+
+from __future__ import annotations
+
+import os
+import re
+import shutil
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
+
+from conftest import REPO
+from flbackdoor.config import ConfigError, ExperimentConfig, validate
+from flbackdoor.federation.compose import compose_file, gpu_file, render, roles_of
+from flbackdoor.federation.docker import GPU_REQUEST, HostPaths, container_specs, engine
+from flbackdoor.federation.services import IMAGE, federation_services
+from flbackdoor.federation.submit import RunFailed
+from flbackdoor.federation.tls import san_entries
+from flbackdoor.federation.tls_cli import main as tls_main
+from flbackdoor.federation.tls_cli import make
+
+ROLES = roles_of(4, 1)  # what the committed docker-compose.yml holds
+
+
+def _tool(name: str) -> str:
+    """A validator's path. CI installs them (.ci/run, the [test] extra): missing there is a
+    failure; elsewhere the test says what to install."""
+    found = shutil.which(name) or shutil.which(name, path=str(Path(sys.executable).parent))
+    if found:
+        return found
+    if os.environ.get("CI") == "true":
+        pytest.fail(f"{name} is not installed; .ci/run must install it")
+    pytest.skip(f"{name} not installed (apt-get install docker-compose / pip install -e '.[test]')")
+
+
+def compose_config(*files: str, cwd: Path = REPO) -> dict:
+    """``docker-compose config``: validates the files against the Compose schema, merges them
+    and resolves variables; no engine needed."""
+    args = [a for f in files for a in ("-f", f)]
+    out = subprocess.run([_tool("docker-compose"), *args, "config"], cwd=cwd,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    return yaml.safe_load(out.stdout)
+
+
+@pytest.fixture(scope="module")
+def gpu_compose() -> dict:
+    return compose_config()  # .env: COMPOSE_FILE=docker-compose.yml:docker-compose.gpu.yml
+
+
+@pytest.fixture(scope="module")
+def cpu_compose() -> dict:
+    return compose_config("docker-compose.yml")
+
+
+def test_committed_compose_files_are_the_generators_output():
+    """docker-compose.yml is generated (`flbackdoor-compose`): it cannot drift from the code."""
+    assert yaml.safe_load((REPO / "docker-compose.yml").read_text()) == compose_file(ROLES)
+    assert yaml.safe_load((REPO / "docker-compose.gpu.yml").read_text()) == gpu_file(ROLES)
+    assert "COMPOSE_FILE=docker-compose.yml:docker-compose.gpu.yml" in (REPO / ".env").read_text()
+
+
+def test_compose_gpu_by_default_and_cpu_with_the_switch(gpu_compose, cpu_compose):
+    nodes = [f"supernode-{i}" for i in range(4)]
+    assert set(gpu_compose["services"]) == {"certs", "superlink", "register", *nodes, "runner"}
+    for name, service in gpu_compose["services"].items():
+        devices = service.get("deploy", {}).get("resources", {}).get("reservations", {}).get(
+            "devices", [])
+        gpu = [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]
+        expected = gpu if name in nodes else []
+        assert devices == expected, name
+    assert not any("deploy" in s for s in cpu_compose["services"].values())
+    assert set(cpu_compose["services"]) == set(gpu_compose["services"])
+
+
+def test_compose_start_order_tls_and_node_auth(cpu_compose):
+    s = cpu_compose["services"]
+    done = {"condition": "service_completed_successfully"}
+    assert s["superlink"]["depends_on"] == {"certs": done}
+    assert s["register"]["depends_on"] == {"superlink": {"condition": "service_healthy"}}
+    assert "healthcheck" in s["superlink"]
+    for i, role in enumerate(ROLES):
+        node = s[f"supernode-{i}"]
+        assert node["depends_on"] == {"register": {"condition": "service_completed_successfully"}}
+        assert node["init"] is True and node["restart"] == "on-failure"
+        cmd = node["command"]
+        assert cmd[cmd.index("--root-certificates") + 1] == "/certs/ca.crt"
+        key = cmd[cmd.index("--auth-supernode-private-key") + 1]
+        assert key == f"/certs/nodes/{role}-{i}" and f"{key}.pub" in s["register"]["command"]
+        assert f'partition-id={i} num-partitions=4 role="{role}"' in cmd[-1]
+    assert "--enable-supernode-auth" in s["superlink"]["command"]
+    assert "--insecure" not in str(s)
+    assert set(s["runner"]["depends_on"]) == {f"supernode-{i}" for i in range(4)}
+    # The server certificate names the host the containers dial.
+    make_cmd = s["certs"]["command"]
+    assert make_cmd[make_cmd.index("--san") + 1] == "superlink"
+    # Results: the runner's folder and the SuperLink's (the ServerApp writes there) are one mount.
+    results = [v for v in s["superlink"]["volumes"] if v.endswith(":/results:rw")]
+    assert results and results[0] in s["runner"]["volumes"]
+    assert s["runner"]["working_dir"] == "/results"
+
+
+def test_compose_validator_rejects_a_broken_file(tmp_path):
+    """The validator really validates: a misspelt condition and an unknown key both fail."""
+    data = compose_file(ROLES)
+    data["services"]["supernode-0"]["depends_on"]["register"]["condition"] = "service_done"
+    (tmp_path / "docker-compose.yml").write_text(render(data, ""))
+    out = subprocess.run([_tool("docker-compose"), "config", "-q"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "condition" in out.stderr, out.stderr
+    data = compose_file(ROLES)
+    data["services"]["superlink"]["gpus_please"] = True
+    (tmp_path / "docker-compose.yml").write_text(render(data, ""))
+    out = subprocess.run([_tool("docker-compose"), "config", "-q"], cwd=tmp_path,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode != 0 and "gpus_please" in out.stderr, out.stderr
+
+
+def test_runner_submits_a_valid_experiment(cpu_compose):
+    """The runner's Hydra overrides compose and validate (the run itself needs the engine)."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from flbackdoor.cli import CONF_DIR  # registers the schema with Hydra
+
+    cmd = cpu_compose["services"]["runner"]["command"]
+    assert cmd[0] == "flbackdoor"
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg: ExperimentConfig = OmegaConf.to_object(compose("config", overrides=cmd[1:]))
+    validate(cfg)
+    assert cfg.federation.address == "superlink:9093" and not cfg.federation.insecure
+    assert cfg.num_clients == len(ROLES) and cfg.attack.num_malicious == ROLES.count("malicious")
+
+
+def test_docker_launcher_specs_match_the_compose_services(gpu_compose, tmp_path):
+    """federation=docker starts the compose file's SuperLink and SuperNodes: same image,
+    command, environment, container ports, mount points and GPU reservations. (No engine runs
+    here: the specs are compared as data.)"""
+    paths = HostPaths(str(tmp_path / "data"), str(tmp_path / "cache"), str(tmp_path / "run"),
+                      str(tmp_path / "certs"))
+    specs = container_specs(ROLES, IMAGE, True, "fbk-test", paths, {9092: 40001, 9093: 40002},
+                            user="1000:1000", gpu=True)
+    assert [s["hostname"] for s in specs] == ["superlink"] + [f"supernode-{i}" for i in range(4)]
+    for spec in specs:
+        service = gpu_compose["services"][spec["hostname"]]
+        assert spec["image"] == service["image"] == IMAGE
+        assert spec["command"] == service["command"]
+        assert spec["environment"] == service["environment"]
+        assert {int(p.split("/")[0]) for p in spec["ports"]} == \
+            {p["target"] for p in service.get("ports", [])}
+        mounts = {v.split(":")[1]: v.split(":")[2] for v in service["volumes"]}
+        assert {m["bind"]: m["mode"] for m in spec["volumes"].values()} == mounts
+        assert spec["init"] is service["init"] is True
+        wants_gpu = "deploy" in service
+        assert spec.get("device_requests") == ([GPU_REQUEST] if wants_gpu else None)
+        assert spec["networking_config"] == {"fbk-test": {"Aliases": [spec["hostname"]]}}
+    assert specs[0]["ports"] == {"9092/tcp": ("127.0.0.1", 40001), "9093/tcp": ("127.0.0.1", 40002)}
+    assert specs[0]["volumes"][paths.results] == {"bind": "/results", "mode": "rw"}
+    cpu = container_specs(ROLES, IMAGE, True, "fbk-test", paths, {9092: 1, 9093: 2})
+    assert not any("device_requests" in s or "user" in s for s in cpu)
+
+
+def test_docker_launcher_without_an_engine_says_so():
+    """No engine runs here (nor in CI): federation=docker stops with one clear line."""
+    with pytest.raises(RunFailed, match="federation=docker needs a running Docker engine"):
+        engine()
+
+
+def test_federation_docker_config_is_validated():
+    cfg = ExperimentConfig()
+    cfg.federation.mode = "docker"
+    validate(cfg)
+    cfg.federation.gpus = "some"
+    with pytest.raises(ConfigError, match="federation.gpus='some' is not one of auto, all, none"):
+        validate(cfg)
+    cfg.federation.gpus, cfg.num_clients = "none", 100
+    with pytest.raises(ConfigError, match="one container per client"):
+        validate(cfg)
+
+
+def test_dockerfile_lints_clean_and_caches_dependencies():
+    out = subprocess.run([_tool("hadolint"), "--no-color", "Dockerfile"], cwd=REPO,
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0 and out.stdout == "", out.stdout + out.stderr
+    lines = [ln for ln in (REPO / "Dockerfile").read_text().splitlines()
+             if ln and not ln.startswith("#")]
+    index = {key: next(i for i, ln in enumerate(lines) if ln.startswith(key)) for key in
+             ("RUN pip install --no-cache-dir torch==2.14.1", "COPY pyproject.toml", "COPY . .",
+              "USER ")}
+    # Dependency layers come before the source, so editing code reuses them.
+    assert index["RUN pip install --no-cache-dir torch==2.14.1"] < index["COPY pyproject.toml"] \
+        < index["COPY . ."] < index["USER "]
+    assert lines[index["USER "]] == "USER 1000:1000"  # not root
+    assert 'VOLUME ["/data", "/results"]' in lines
+    pins = re.findall(r'"(torch(?:vision)?==[\d.]+)"', (REPO / "pyproject.toml").read_text())
+    assert sorted(pins) and all(p in lines[index["RUN pip install --no-cache-dir torch==2.14.1"]]
+                                for p in pins), "the image's torch pins are pyproject's"
+    # No secrets in the build context.
+    ignored = (REPO / ".dockerignore").read_text().split()
+    assert {"certs", "**/*.key", "**/*.pem", ".git"} <= set(ignored)
+
+
+def test_tls_make_certificates_and_node_keys(tmp_path):
+    written = make(tmp_path, ["10.200.0.1", "superlink"], ["benign-0", "malicious-1"])
+    assert len(written) == 5
+    ca = x509.load_pem_x509_certificate((tmp_path / "ca.crt").read_bytes())
+    server = x509.load_pem_x509_certificate((tmp_path / "server.pem").read_bytes())
+    server.verify_directly_issued_by(ca)
+    assert san_entries(server) == ["10.200.0.1", "127.0.0.1", "superlink", "localhost"]
+    san = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "10.200.0.1" not in san.get_values_for_type(x509.DNSName)  # an IP SAN, not a name
+    assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
+    for name in ("benign-0", "malicious-1"):
+        key = tmp_path / "nodes" / name
+        private = load_ssh_private_key(key.read_bytes(), None)  # Flower's own loader
+        public = load_ssh_public_key(key.with_name(name + ".pub").read_bytes())
+        assert isinstance(private, ec.EllipticCurvePrivateKey)
+        assert private.public_key().public_numbers() == public.public_numbers()
+        assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    for secret in ("ca.key", "server.key"):
+        assert stat.S_IMODE((tmp_path / secret).stat().st_mode) == 0o600
+
+
+def test_tls_make_keeps_existing_material(tmp_path):
+    make(tmp_path, ["superlink"], ["benign-0"], keep_ca_key=False)
+    assert not (tmp_path / "ca.key").exists()
+    before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
+    written = make(tmp_path, ["superlink"], ["benign-0", "benign-1"], keep_existing=True)
+    assert written == [str(tmp_path / "nodes" / "benign-1.pub")]
+    assert all(p.read_bytes() == data for p, data in before.items())
+    make(tmp_path, ["other"], ["benign-0"])  # without --keep-existing: fresh material
+    assert (tmp_path / "server.pem").read_bytes() != before[tmp_path / "server.pem"]
+
+
+def test_tls_cli_needs_a_san(tmp_path, capsys):
+    with pytest.raises(SystemExit) as err:
+        tls_main(["make", str(tmp_path)])
+    assert err.value.code == 2 and "--san" in capsys.readouterr().err
+    tls_main(["node-key", str(tmp_path / "client" / "benign-3")])
+    assert (tmp_path / "client" / "benign-3.pub").read_text().startswith("ecdsa-sha2-nistp384 ")
+
+
+def test_services_use_one_command_source():
+    """The compose services' commands are the local launcher's commands, only with TLS."""
+    from flbackdoor.federation.local import supernode_cmd
+
+    plain = federation_services(["benign"], tls=False)[1].command
+    local = supernode_cmd("superlink", 9092, 9094, 0, 1, "benign")
+    assert plain[:-1] == [Path(local[0]).name, *local[1:-1]]
+    assert plain[-1].startswith(local[-1])  # + this container's data-root and cache-dir
+
+
+def test_flbackdoor_compose_writes_other_federations(tmp_path, capsys):
+    """Other counts and roles, and the plaintext variant, validate too."""
+    from flbackdoor.federation.compose import main as compose_main
+
+    compose_main(["--dir", str(tmp_path), "--nodes", "2", "--malicious", "0", "--insecure",
+                  "num_rounds=1"])
+    (tmp_path / ".env").write_text((REPO / ".env").read_text())
+    s = compose_config(cwd=tmp_path)["services"]
+    assert set(s) == {"superlink", "supernode-0", "supernode-1", "runner"}  # no certs, no register
+    assert "--insecure" in s["supernode-1"]["command"] and "deploy" in s["supernode-1"]
+    assert s["runner"]["command"][-1] == "num_rounds=1"
+    assert not any(a.startswith("attack") for a in s["runner"]["command"])
+    with pytest.raises(SystemExit):
+        compose_main(["--dir", str(tmp_path), "--nodes", "2", "--malicious", "3"])
+    assert "need 0 <= malicious <= nodes" in capsys.readouterr().err
+
+
+def test_docker_launcher_specs_are_valid_sdk_arguments(tmp_path):
+    """The Docker SDK itself turns each spec into the engine's create request (its own
+    ``_create_container_args``, what ``containers.run`` calls before it needs an engine): an
+    unknown or misspelt argument would raise here."""
+    from docker.models.containers import _create_container_args
+
+    paths = HostPaths(str(tmp_path / "d"), str(tmp_path / "c"), str(tmp_path / "r"),
+                      str(tmp_path / "k"))
+    specs = container_specs(ROLES, IMAGE, True, "fbk", paths, {9092: 1, 9093: 2}, user="7:7",
+                            gpu=True)
+    creates = [_create_container_args({k: v for k, v in spec.items() if k != "detach"}
+                                      | {"version": "1.44"}) for spec in specs]
+    for spec, create in zip(specs, creates):
+        host = create["host_config"]
+        assert host["Init"] is True and host["NetworkMode"] == "fbk" and create["user"] == "7:7"
+        assert create["networking_config"]["EndpointsConfig"]["fbk"]["Aliases"] == [
+            spec["hostname"]]
+        gpu = [r["Driver"] for r in host.get("DeviceRequests", [])]
+        assert gpu == ([] if spec["hostname"] == "superlink" else ["nvidia"])
+        assert f"{paths.data}:/data:rw" in host["Binds"]
+    assert creates[0]["host_config"]["PortBindings"] == {
+        "9092/tcp": [{"HostIp": "127.0.0.1", "HostPort": "1"}],
+        "9093/tcp": [{"HostIp": "127.0.0.1", "HostPort": "2"}]}
