@@ -14,6 +14,7 @@ run fig4a_M3     experiment=sun2019_fig4a defense.norm_bound=3
 run fig4a_M5     experiment=sun2019_fig4a defense.norm_bound=5
 run fig4b_s0     experiment=sun2019_fig4b defense.noise_std=0
 run fig4b_s0025  experiment=sun2019_fig4b defense.noise_std=0.025
+run fig4b_s0158  experiment=sun2019_fig4b defense.noise_std=0.158   # variance 0.025, the paper's words
 run fig2a        experiment=sun2019_fig2
 run fig4a_M10    experiment=sun2019_fig4a defense.norm_bound=10
 run fig1c        experiment=sun2019_fig1 attack.frequency=10 attack.num_malicious=12
@@ -29,5 +30,5 @@ plot=${FLBACKDOOR_PLOT:-flbackdoor-plot}
 "$plot" "$out/clean" "$out/fig4a_M3" "$out/fig4a_M5" "$out/fig4a_M10" --label "unattacked" \
   --label "M=3" --label "M=5" --label "M=10" --title "Fig. 4(a): norm clipping" \
   -o "$out/figures/fig4a.png"
-"$plot" "$out/clean" "$out/fig4b_s0" "$out/fig4b_s0025" --label "unattacked" --label "M=5, sigma=0" \
-  --label "M=5, sigma=0.025" --title "Fig. 4(b): weak DP" -o "$out/figures/fig4b.png"
+"$plot" "$out/clean" "$out/fig4b_s0" "$out/fig4b_s0025" "$out/fig4b_s0158" --label "unattacked" \
+  --label "M=5, sigma=0" --label "M=5, sigma=0.025" --label "M=5, sigma=0.158" --title "Fig. 4(b): weak DP" -o "$out/figures/fig4b.png"
