@@ -21,14 +21,7 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from flwr.common.logger import log
 
 from client.node import identity, local_paths, partition_data
-from defenses.pruning import (
-    adjust_extreme_weights,
-    channel_activations,
-    keep_votes,
-    prune_mask,
-    ranking,
-    set_channel_mask,
-)
+from defenses.pruning import candidate_changes, channel_activations, keep_votes, ranking
 from flbackdoor.config import ExperimentConfig, from_run_config
 from flbackdoor.models import build_model
 from flbackdoor.training import Normalizer, as_tensors, evaluate, pick_device
@@ -72,7 +65,7 @@ def evaluate_candidates(msg: Message, context: Context) -> Message:
     normalize = Normalizer(cfg.dataset, device)
     base = {k: v.clone() for k, v in model.state_dict().items()}
     accuracies = []
-    for candidate in _candidates(config, base["channel_mask"]):
+    for candidate in candidate_changes(config, base["channel_mask"]):
         model.load_state_dict(base)
         candidate(model)
         accuracies.append(evaluate(model, x, y, normalize, cfg.server.eval_batch_size)[0])
@@ -83,18 +76,6 @@ def evaluate_candidates(msg: Message, context: Context) -> Message:
     report = MetricRecord({"accuracies": [float(a) for a in accuracies],
                            "num-examples": len(y)})
     return Message(RecordDict({"report": report}), reply_to=msg)
-
-
-def _candidates(config: ConfigRecord, base_mask: torch.Tensor):
-    """Callables that turn the global model into each candidate the server asks about."""
-    if str(config["kind"]) == "prune":
-        order = [int(c) for c in config["order"]]
-        masks = [prune_mask(order, int(n), len(base_mask)) * base_mask.cpu()
-                 for n in config["levels"]]
-        return [lambda m, mask=mask: set_channel_mask(m, mask) for mask in masks]
-    # "adjust": the unchanged model first, then each delta.
-    return [lambda m: None] + [lambda m, d=float(d): adjust_extreme_weights(m, d)
-                               for d in config["deltas"]]
 
 
 def _sample(cfg: ExperimentConfig, x, y, partition_id: int):

@@ -9,7 +9,7 @@ by channel index everywhere, so every client and the server derive the same orde
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -123,3 +123,17 @@ def adjust_extreme_weights(model: nn.Module, delta: float) -> int:
     outside = extreme_weight_mask(weight, delta, model.channel_mask.to(weight.device))
     weight[outside] = 0.0
     return int(outside.sum())
+
+
+def candidate_changes(spec: Mapping, base_mask: torch.Tensor) -> list[Callable[[nn.Module], object]]:
+    """The candidates a stopping rule tests, as in-place changes of the global model: for
+    ``kind`` "prune" the first n of ``order`` pruned for each n of ``levels``; for "adjust" the
+    unchanged model, then extreme weights zeroed at each of ``deltas``. The server (on its
+    validation set) and the clients (``query.prune_evaluate``) test the same list."""
+    if str(spec["kind"]) == "prune":
+        order = [int(c) for c in spec["order"]]
+        masks = [prune_mask(order, int(n), len(base_mask)) * base_mask.cpu()
+                 for n in spec["levels"]]
+        return [lambda m, mask=mask: set_channel_mask(m, mask) for mask in masks]
+    return [lambda m: None] + [lambda m, d=float(d): adjust_extreme_weights(m, d)
+                               for d in spec["deltas"]]

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 from flbackdoor.config import ExperimentConfig
-from flbackdoor.data.cache import load_test, load_train, prepare
+from flbackdoor.data.cache import load_train, prepare
 from flbackdoor.models import build_model
 from flbackdoor.training import Normalizer, as_tensors, pick_device, train
 
@@ -27,7 +27,7 @@ log = logging.getLogger("flbackdoor")
 
 
 def run_centralized(cfg: ExperimentConfig, run_dir: Path) -> dict:
-    from attacker.poisoning import build_poisoning, poison_train_set
+    from attacker.poisoning import backdoor_test_set, poison_train_set
     from defenses import abl
     from server.evaluation import CentralEvaluator
     from server.results import ResultsWriter
@@ -38,8 +38,7 @@ def run_centralized(cfg: ExperimentConfig, run_dir: Path) -> dict:
     device = pick_device(cfg.device)
     cache = prepare(cfg)
     x, y, poisoned = poison_train_set(cfg, *load_train(cache))
-    poisoning = build_poisoning(cfg)
-    backdoor = poisoning.test_set(*load_test(cache)) if poisoning else None
+    backdoor = backdoor_test_set(cfg, cache)
     cap = cfg.server.eval_max_samples
     if backdoor is not None and 0 < cap < len(backdoor[1]):  # as the main test set is capped
         keep = np.sort(np.random.default_rng(cfg.seed).choice(len(backdoor[1]), cap, replace=False))

@@ -32,9 +32,9 @@ from defenses.pruning import (
     adjust_extreme_weights,
     aggregate_rankings,
     aggregate_votes,
+    candidate_changes,
     prune_mask,
     pruning_levels,
-    set_channel_mask,
     stop_index,
 )
 from flbackdoor.config import ExperimentConfig
@@ -127,9 +127,8 @@ class PruningDefense:
         return evaluate(self.model, *self.validation, self.normalize,
                         self.cfg.server.eval_batch_size)[0]
 
-    def _client_curve(self, arrays: ArrayRecord, config: dict) -> list[float]:
-        replies = self._ask(EVALUATE, arrays, config)
-        size = len(config.get("levels", [])) or len(config.get("deltas", [])) + 1
+    def _client_curve(self, arrays: ArrayRecord, spec: dict, size: int) -> list[float]:
+        replies = self._ask(EVALUATE, arrays, spec)
         curves, weights = [], []
         for msg in replies:
             report = msg.content["report"] if "report" in msg.content else {}
@@ -144,21 +143,24 @@ class PruningDefense:
             raise RuntimeError("no valid accuracy report came back: cannot choose a level")
         return aggregate_curves(curves, weights, self.p.report_aggregate)
 
-    def choose_pruned(self, arrays: ArrayRecord, order: list[int]) -> tuple[int, list[float]]:
-        """How many channels of ``order`` to prune, and the accuracies of the tested levels."""
+    def _curve(self, arrays: ArrayRecord, spec: dict) -> list[float]:
+        """Accuracies of the candidates ``spec`` describes (``candidate_changes``): reported by
+        the clients, or measured on the server's validation set, lazily, up to the first drop."""
         state = arrays.to_torch_state_dict()
-        base = state["channel_mask"].cpu()
-        levels = pruning_levels(len(order), self.p.step)
+        changes = candidate_changes(spec, state["channel_mask"])
         if self.validation is None:
-            curve = self._client_curve(arrays, {"kind": "prune", "order": order,
-                                                "levels": levels})
-            return levels[stop_index(curve, self.p.max_drop)], curve
-        curve = []
-        for n in levels:  # lazily: stop testing at the first drop
-            mask = prune_mask(order, n, len(order)) * base
-            curve.append(self._server_accuracy(state, lambda m: set_channel_mask(m, mask)))
+            return self._client_curve(arrays, spec, len(changes))
+        curve: list[float] = []
+        for change in changes:
+            curve.append(self._server_accuracy(state, change))
             if stop_index(curve, self.p.max_drop) < len(curve) - 1:
                 break
+        return curve
+
+    def choose_pruned(self, arrays: ArrayRecord, order: list[int]) -> tuple[int, list[float]]:
+        """How many channels of ``order`` to prune, and the accuracies of the tested levels."""
+        levels = pruning_levels(len(order), self.p.step)
+        curve = self._curve(arrays, {"kind": "prune", "order": order, "levels": levels})
         return levels[stop_index(curve, self.p.max_drop)], curve
 
     def choose_delta(self, arrays: ArrayRecord) -> tuple[float | None, list[float]]:
@@ -167,16 +169,7 @@ class PruningDefense:
         if not self.p.delta_search:
             return self.p.delta, []
         grid = list(self.p.delta_grid)
-        if self.validation is None:
-            curve = self._client_curve(arrays, {"kind": "adjust", "deltas": grid})
-        else:
-            state = arrays.to_torch_state_dict()
-            curve = [self._server_accuracy(state, lambda m: None)]
-            for delta in grid:
-                curve.append(self._server_accuracy(
-                    state, lambda m, d=delta: adjust_extreme_weights(m, d)))
-                if stop_index(curve, self.p.max_drop) < len(curve) - 1:
-                    break
+        curve = self._curve(arrays, {"kind": "adjust", "deltas": grid})
         idx = stop_index(curve, self.p.max_drop)
         return (grid[idx - 1] if idx > 0 else None), curve
 
