@@ -57,7 +57,7 @@ def train(msg: Message, context: Context) -> Message:
                                 device, generator)
     else:
         # An honest node's data, poisoned where an outsider got to it (attacker/poisoning.py).
-        x, y, poisoned = training_data(cfg, node.partition_id)
+        x, y, poisoned = training_data(cfg, node.partition_id, *local)
         x, y = as_tensors(x, y, device)
         if cfg.client_defense.name == "abl":
             from client.abl import abl_train

@@ -61,11 +61,10 @@ def partition_data(cfg: ExperimentConfig, partition_id: int) -> tuple[np.ndarray
     return load_partition(prepare(cfg), partition_id)
 
 
-def training_data(cfg: ExperimentConfig, partition_id: int
+def training_data(cfg: ExperimentConfig, partition_id: int, x: np.ndarray, y: np.ndarray
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """An honest node's data as it holds it: its partition, poisoned when the outsider chose
     it (``poisoning``), and the poisoned indices (ground truth, only for scoring isolation)."""
-    x, y = partition_data(cfg, partition_id)
     if cfg.poisoning.kind == "none":
         return x, y, np.zeros(0, np.int64)
     from attacker.poisoning import poison_partition
