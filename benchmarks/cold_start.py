@@ -11,14 +11,13 @@ and making tensors of it, in this process.
 
 from __future__ import annotations
 
-import argparse
 import subprocess
 import sys
 import time
 
 import torch
 
-from common import REPO, experiment, machine, median
+from common import REPO, experiment, machine, median, parser
 
 CHILD = """
 import sys, time
@@ -63,12 +62,11 @@ def data_load(overrides: list[str], partitions: int) -> float:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__)
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
-    repeats = 2 if args.quick else args.repeats
-    overrides: list[str] = []
+    repeats = 1 if args.quick else args.repeats
+    overrides: list[str] = args.overrides
     print(f"machine: {machine()}")
     starts = [cold_start(overrides) for _ in range(repeats)]
     print("cold starts: " + ", ".join(f"{s:.2f} s" for s in starts))

@@ -8,6 +8,7 @@ repeats: a shared 2-core machine is too noisy for single absolute times.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import os
@@ -27,6 +28,16 @@ if str(REPO) not in sys.path:  # `python benchmarks/x.py` from a checkout
     sys.path.insert(0, str(REPO))
 
 from flbackdoor.config import ExperimentConfig  # noqa: E402
+
+
+def parser(doc: str) -> argparse.ArgumentParser:
+    """Every benchmark's command line: ``--quick`` (the same code paths on small data, so CI
+    notices when a benchmark breaks) and trailing Hydra overrides, which measure a lever
+    switched off, e.g. ``server.max_in_flight=0`` or ``federation.superexec_poll_interval_s=1``."""
+    ap = argparse.ArgumentParser(description=doc.splitlines()[0])
+    ap.add_argument("--quick", action="store_true")
+    ap.add_argument("overrides", nargs="*", help="Hydra overrides for every run")
+    return ap
 
 
 def experiment(overrides: list[str]) -> ExperimentConfig:

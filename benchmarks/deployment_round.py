@@ -11,11 +11,10 @@ and of every ClientApp process is sampled from /proc.
 
 from __future__ import annotations
 
-import argparse
 import threading
 from pathlib import Path
 
-from common import experiment, floor_seconds, machine, median, run_flbackdoor, scratch
+from common import experiment, floor_seconds, machine, median, parser, run_flbackdoor, scratch
 
 BATCH = 32
 
@@ -46,10 +45,10 @@ class PeakMemory(threading.Thread):
                 self.peak[kind] = max(self.peak[kind], int(hwm.split()[1]) / 1024)
 
 
-def measure(nodes: int, rounds: int) -> tuple[float, dict]:
+def measure(nodes: int, rounds: int, extra: list[str]) -> tuple[float, dict]:
     overrides = ["federation=local", f"num_clients={nodes}", f"clients_per_round={nodes}",
                  f"num_rounds={rounds}", f"dataset.max_train_samples={nodes * BATCH}",
-                 f"client.batch_size={BATCH}", "server.eval_max_samples=500"]
+                 f"client.batch_size={BATCH}", "server.eval_max_samples=500", *extra]
     cfg = experiment(overrides)
     run_dir = scratch() / "run"
     memory = PeakMemory(run_dir)
@@ -69,14 +68,13 @@ def measure(nodes: int, rounds: int) -> tuple[float, dict]:
 
 
 def main() -> None:
-    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap = parser(__doc__)
     ap.add_argument("--nodes", type=int, nargs="+", default=[3, 10])
     ap.add_argument("--rounds", type=int, default=6)
-    ap.add_argument("--quick", action="store_true")
     args = ap.parse_args()
-    nodes, rounds = ([3], 2) if args.quick else (args.nodes, args.rounds)
+    nodes, rounds = ([3], 1) if args.quick else (args.nodes, args.rounds)
     print(f"machine: {machine()}")
-    results = {n: measure(n, rounds) for n in nodes}
+    results = {n: measure(n, rounds, args.overrides) for n in nodes}
     for n, (_, peak) in results.items():
         print(f"peak memory with {n} nodes: server {peak['server']:.0f} MiB, "
               f"one client {peak['client']:.0f} MiB")

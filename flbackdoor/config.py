@@ -96,6 +96,10 @@ class ServerConfig:
     round_timeout_s: float = 600.0
     min_replies: int = 1  # a round with fewer replies keeps the previous model
     poll_interval_s: float = 0.1
+    # Messages of a wave pushed but not yet answered at one time. 0: the whole wave at once;
+    # -1: auto (simulation: twice the Ray workers this machine runs, because Flower's engine
+    # rescans every pending message for every virtual node ten times a second; otherwise 0).
+    max_in_flight: int = -1
     eval_batch_size: int = 1000
     eval_max_samples: int = 0  # 0: the whole held-out test set
     identify_timeout_s: float = 300.0
@@ -300,6 +304,8 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
         f"clients_per_round={cfg.clients_per_round}",
     )
     _check(s.poll_interval_s > 0, f"server.poll_interval_s={s.poll_interval_s} must be positive")
+    _check(s.max_in_flight >= -1, f"server.max_in_flight={s.max_in_flight} must be -1 (auto), "
+           "0 (the whole wave) or a positive count")
     _check(s.eval_max_samples >= 0, f"server.eval_max_samples={s.eval_max_samples} must be >= 0")
     d = cfg.dataset
     _check(

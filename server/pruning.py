@@ -42,7 +42,7 @@ from flbackdoor.data.cache import load_train
 from flbackdoor.models import build_model
 from flbackdoor.training import Normalizer, as_tensors, evaluate, pick_device
 from server.evaluation import CentralEvaluator
-from server.messaging import send_and_collect
+from server.messaging import send_and_collect, wave_window
 from server.results import ResultsWriter
 from server.rounds import RoundRunner, progress_line
 
@@ -100,7 +100,8 @@ class PruningDefense:
         messages = [Message(RecordDict({"arrays": arrays, "config": ConfigRecord(config)}),
                             dst_node_id=n.node_id, message_type=message_type) for n in live]
         s = self.cfg.server
-        wave = send_and_collect(self.grid, messages, s.round_timeout_s, s.poll_interval_s)
+        wave = send_and_collect(self.grid, messages, s.round_timeout_s, s.poll_interval_s,
+                                wave_window(self.cfg))
         # Partition order: the aggregate does not depend on which reply came first.
         return sorted(wave.ok, key=lambda m: self.runner.partition_of(m.metadata.src_node_id))
 

@@ -20,7 +20,7 @@ from flbackdoor.models import SERVER_BUFFERS
 from flbackdoor.updates import difference, global_norm
 from server.evaluation import CentralEvaluator
 from server.isolation import isolation_metrics
-from server.messaging import send_and_collect
+from server.messaging import send_and_collect, wave_window
 from server.registry import Node, ask_identity, merge
 from server.sampling import plan_round
 from server.strategies import SelectedNodes, reply_arrays
@@ -107,7 +107,10 @@ class RoundRunner:
                      "attack-num-attackers": len(attackers)}
             messages = with_attacker_hints(
                 messages, {self.nodes[p].node_id for p in attackers}, hints)
-        wave = send_and_collect(self.grid, messages, s.round_timeout_s, s.poll_interval_s)
+        sent = time.monotonic()
+        wave = send_and_collect(self.grid, messages, s.round_timeout_s, s.poll_interval_s,
+                                wave_window(self.cfg))
+        wave_time = time.monotonic() - sent
         for node_id in wave.missing:
             if (p := self.partition_of(node_id)) is not None:
                 self.silent.add(p)
@@ -150,6 +153,7 @@ class RoundRunner:
             if train_metrics and "train_loss" in train_metrics else None,
             **stats,
             **isolation_metrics(replies),
+            "wave_time_s": wave_time,  # push to last reply: the clients' work plus Flower's
             "round_time_s": time.monotonic() - t0,
             "wall_time_s": time.monotonic() - self.started,
         }

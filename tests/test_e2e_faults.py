@@ -59,13 +59,14 @@ def _supernode(partition: int) -> tuple[int, list[str], dict[str, str]]:
 
 
 def test_supernodes_killed_mid_round_cost_only_their_replies(tmp_path, cache_dir):
-    """Five trials: in rounds 2-6 one SuperNode is killed (SIGKILL) as the round starts and
-    restarted right away as a new process; the run completes with every round aggregated."""
+    """Three trials: in rounds 2-4 one SuperNode (each of the three once) is killed (SIGKILL)
+    as the round starts and restarted right away as a new process; the run completes with every
+    round aggregated."""
     from flbackdoor.federation.processes import free_port
 
     proc = subprocess.Popen(
         [sys.executable, "-m", "flbackdoor.cli",
-         *base(cache_dir, tmp_path, "num_rounds=6", "server.round_timeout_s=20")],
+         *base(cache_dir, tmp_path, "num_rounds=4", "server.round_timeout_s=15")],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     restarted: list[subprocess.Popen] = []
     killed_in: list[int] = []
@@ -74,7 +75,7 @@ def test_supernodes_killed_mid_round_cost_only_their_replies(tmp_path, cache_dir
         for line in proc.stdout:
             if "[train round " in line:
                 done = int(line.split("[train round ")[1].split("/")[0])
-                if done < 6:
+                if done < 4:
                     victim = done % 3
                     pid, argv, env = _supernode(victim)
                     os.killpg(pid, signal.SIGKILL)
@@ -90,9 +91,9 @@ def test_supernodes_killed_mid_round_cost_only_their_replies(tmp_path, cache_dir
         for p in restarted:
             os.killpg(p.pid, signal.SIGKILL)
     rows = read_metrics(tmp_path / "metrics.jsonl")
-    assert killed_in == [2, 3, 4, 5, 6]
-    assert [r["round"] for r in rows] == [1, 2, 3, 4, 5, 6]
-    assert sum(r["missing_nodes"] for r in rows) == 5, rows
+    assert killed_in == [2, 3, 4]
+    assert [r["round"] for r in rows] == [1, 2, 3, 4]
+    assert sum(r["missing_nodes"] for r in rows) == 3, rows
     assert all(r["num_clients"] >= 2 for r in rows)
     assert rows[-1]["main_accuracy"] > 0.7
     time.sleep(2)
@@ -100,7 +101,7 @@ def test_supernodes_killed_mid_round_cost_only_their_replies(tmp_path, cache_dir
 
 
 def test_resume_after_a_kill_reproduces_the_uninterrupted_run(tmp_path, cache_dir):
-    args = ["num_rounds=4", "federation=simulation", "defense=weak_dp",
+    args = ["num_rounds=5", "federation=simulation", "defense=weak_dp",
             "defense.norm_bound=5", "defense.noise_std=0.01"]
     full = flbackdoor(base(cache_dir, tmp_path / "full", *args))
     assert full.returncode == 0, full.stderr[-3000:]
@@ -110,17 +111,19 @@ def test_resume_after_a_kill_reproduces_the_uninterrupted_run(tmp_path, cache_di
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
     for line in proc.stdout:
-        if "[train round 2/4]" in line:
+        if "[train round 2/5]" in line:
             proc.send_signal(signal.SIGTERM)  # like a scheduler ending the job
             break
     proc.communicate(timeout=60)
     assert proc.returncode != 0 and not (run / "summary.json").exists()
-    assert len(read_metrics(run / "metrics.jsonl")) in (1, 2)
+    # Rounds finished between the log line and the signal's arrival are kept, not redone: how
+    # many depends on the scheduler, only that some but not all are there does not.
+    assert 1 <= len(read_metrics(run / "metrics.jsonl")) < 5
 
     resumed = flbackdoor([f"resume={run}", f"hydra.run.dir={tmp_path / 'resume_invocation'}"])
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     a, b = read_metrics(tmp_path / "full" / "metrics.jsonl"), read_metrics(run / "metrics.jsonl")
-    assert [r["round"] for r in b] == [1, 2, 3, 4], "no round missing or written twice"
+    assert [r["round"] for r in b] == [1, 2, 3, 4, 5], "no round missing or written twice"
     for key in ("main_accuracy", "main_loss", "num_clients"):
         assert [r[key] for r in a] == [r[key] for r in b], key
     summary = json.loads((run / "summary.json").read_text())
