@@ -70,7 +70,7 @@ def measure(nodes: int, rounds: int, extra: list[str]) -> tuple[float, dict]:
 def main() -> None:
     ap = parser(__doc__)
     ap.add_argument("--nodes", type=int, nargs="+", default=[3, 10])
-    ap.add_argument("--rounds", type=int, default=6)
+    ap.add_argument("--rounds", type=int, default=10)
     args = ap.parse_args()
     nodes, rounds = ([3], 1) if args.quick else (args.nodes, args.rounds)
     print(f"machine: {machine()}")

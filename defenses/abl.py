@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from flbackdoor.config import ClientConfig
-from flbackdoor.training import Normalizer, TrainResult
+from flbackdoor.training import SGD, Normalizer, TrainResult
 
 
 def lga_loss(per_example_loss: torch.Tensor, gamma: float, per_example: bool = False
@@ -87,9 +87,8 @@ def per_example_losses(model: nn.Module, x: torch.Tensor, y: torch.Tensor, norma
     return torch.cat(out) if out else torch.zeros(0, device=x.device)
 
 
-def _optimizer(model: nn.Module, cfg: ClientConfig, lr: float) -> torch.optim.Optimizer:
-    return torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum,
-                           weight_decay=cfg.weight_decay)
+def _optimizer(model: nn.Module, cfg: ClientConfig, lr: float) -> SGD:
+    return SGD(model.parameters(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
 
 
 def train_lga(model: nn.Module, x: torch.Tensor, y: torch.Tensor, cfg: ClientConfig, gamma: float,

@@ -44,6 +44,38 @@ def as_tensors(x: np.ndarray, y: np.ndarray, device: torch.device) -> tuple[torc
             torch.from_numpy(np.array(y, dtype=np.int64)).to(device))
 
 
+class SGD:
+    """``torch.optim.SGD``'s update (weight decay, momentum; no dampening, no Nesterov),
+    without ``torch.optim``: since PyTorch 2 every ``torch.optim`` optimizer imports
+    ``torch._dynamo`` on first use, 1.3 s of CPU that every deployment message would pay again
+    (Flower starts a fresh ClientApp process per message; docs/BENCHMARKS.md).
+    ``tests/test_training.py`` checks it step for step against ``torch.optim.SGD``."""
+
+    def __init__(self, params, lr: float, momentum: float = 0.0, weight_decay: float = 0.0) -> None:
+        self.params = [p for p in params if p.requires_grad]
+        self.lr, self.momentum, self.weight_decay = lr, momentum, weight_decay
+        self.momentum_buffers: list[torch.Tensor | None] = [None] * len(self.params)
+
+    def zero_grad(self, set_to_none: bool = True) -> None:
+        for p in self.params:
+            p.grad = None
+
+    @torch.no_grad()
+    def step(self) -> None:
+        for i, p in enumerate(self.params):
+            if p.grad is None:
+                continue
+            d_p = p.grad if not self.weight_decay else p.grad.add(p, alpha=self.weight_decay)
+            if self.momentum:
+                buf = self.momentum_buffers[i]
+                if buf is None:
+                    buf = self.momentum_buffers[i] = torch.clone(d_p).detach()
+                else:
+                    buf.mul_(self.momentum).add_(d_p)
+                d_p = buf
+            p.add_(d_p, alpha=-self.lr)
+
+
 @dataclass
 class TrainResult:
     loss: float
@@ -63,8 +95,7 @@ def train(
     """``cfg.epochs`` epochs of minibatch SGD on (x, y); returns the mean training loss.
     ``after_step`` runs after every optimizer step (e.g. a projection)."""
     model.train()
-    opt = torch.optim.SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum,
-                          weight_decay=cfg.weight_decay)
+    opt = SGD(model.parameters(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     loss_fn = nn.CrossEntropyLoss()
     n = len(y)
     total, steps = 0.0, 0
