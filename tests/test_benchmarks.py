@@ -13,7 +13,7 @@ import pytest
 
 from conftest import REPO, requires_shared_data
 
-pytestmark = requires_shared_data
+pytestmark = [requires_shared_data, pytest.mark.e2e]
 
 FIGURES = {
     "simulation_round.py": r"simulation round \(training wave\) / floor \(sun\): ([0-9.]+)$",
