@@ -28,7 +28,7 @@ QUICK = {
 def main() -> None:
     ap = parser(__doc__)
     ap.add_argument("--workload", choices=sorted(WORKLOADS), default="sun")
-    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--rounds", type=int, default=8)
     args = ap.parse_args()
     rounds = 2 if args.quick else max(args.rounds, 2)
     overrides = [*WORKLOADS[args.workload], *(QUICK[args.workload] if args.quick else []),
