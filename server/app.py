@@ -135,7 +135,7 @@ def main(grid: Grid, context: Context) -> None:
 
         trained = [r for r in writer.rows if r.get("phase") == "train"]
         train_block = phase_block(trained[-1] if trained else {"round": last, **initial})
-        arrays, phases, saved = PruningDefense(grid, cfg, runner, evaluator, cache,
+        arrays, phases, saved = PruningDefense(cfg, runner, evaluator, cache,
                                                writer).run(arrays, last, strategy)
         extra["phases"] = {"train": train_block, **phases}
         checkpoint.save(out_dir / "pruned.pt", arrays.to_torch_state_dict(),

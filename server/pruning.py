@@ -26,7 +26,6 @@ import numpy as np
 import torch
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.common.logger import log
-from flwr.serverapp import Grid
 
 from defenses.pruning import (
     adjust_extreme_weights,
@@ -42,7 +41,6 @@ from flbackdoor.data.cache import load_train
 from flbackdoor.models import build_model
 from flbackdoor.training import Normalizer, as_tensors, evaluate, pick_device
 from server.evaluation import CentralEvaluator
-from server.messaging import send_and_collect, wave_window
 from server.results import ResultsWriter
 from server.rounds import RoundRunner, progress_line
 
@@ -75,9 +73,9 @@ def aggregate_curves(curves: list[list[float]], weights: list[float], how: str) 
 
 
 class PruningDefense:
-    def __init__(self, grid: Grid, cfg: ExperimentConfig, runner: RoundRunner,
-                 evaluator: CentralEvaluator, cache, writer: ResultsWriter) -> None:
-        self.grid, self.cfg, self.runner = grid, cfg, runner
+    def __init__(self, cfg: ExperimentConfig, runner: RoundRunner, evaluator: CentralEvaluator,
+                 cache, writer: ResultsWriter) -> None:
+        self.cfg, self.runner = cfg, runner
         self.evaluator, self.writer = evaluator, writer
         self.p = cfg.pruning
         self.device = pick_device(cfg.device)
@@ -99,9 +97,7 @@ class PruningDefense:
         live = [n for p, n in sorted(self.runner.nodes.items()) if p not in self.runner.silent]
         messages = [Message(RecordDict({"arrays": arrays, "config": ConfigRecord(config)}),
                             dst_node_id=n.node_id, message_type=message_type) for n in live]
-        s = self.cfg.server
-        wave = send_and_collect(self.grid, messages, s.round_timeout_s, s.poll_interval_s,
-                                wave_window(self.cfg))
+        wave = self.runner.send(messages)
         # Partition order: the aggregate does not depend on which reply came first.
         return sorted(wave.ok, key=lambda m: self.runner.partition_of(m.metadata.src_node_id))
 

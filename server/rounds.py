@@ -20,7 +20,7 @@ from flbackdoor.models import SERVER_BUFFERS
 from flbackdoor.updates import difference, global_norm
 from server.evaluation import CentralEvaluator
 from server.isolation import isolation_metrics
-from server.messaging import send_and_collect, wave_window
+from server.messaging import Wave, send_and_collect, wave_window
 from server.registry import Node, ask_identity, merge
 from server.sampling import plan_round
 from server.strategies import SelectedNodes, reply_arrays
@@ -60,6 +60,13 @@ class RoundRunner:
         self.silent: set[int] = set()  # partitions whose node missed a round
         self.asked: set[int] = {n.node_id for n in nodes.values()}
         self.started = time.monotonic()
+        self.window = wave_window(cfg)
+
+    def send(self, messages: list) -> Wave:
+        """One wave to the nodes: the round's training, or a defense's queries."""
+        s = self.cfg.server
+        return send_and_collect(self.grid, messages, s.round_timeout_s, s.poll_interval_s,
+                                self.window)
 
     def partition_of(self, node_id: int) -> int | None:
         return next((p for p, n in self.nodes.items() if n.node_id == node_id), None)
@@ -108,8 +115,7 @@ class RoundRunner:
             messages = with_attacker_hints(
                 messages, {self.nodes[p].node_id for p in attackers}, hints)
         sent = time.monotonic()
-        wave = send_and_collect(self.grid, messages, s.round_timeout_s, s.poll_interval_s,
-                                wave_window(self.cfg))
+        wave = self.send(messages)
         wave_time = time.monotonic() - sent
         for node_id in wave.missing:
             if (p := self.partition_of(node_id)) is not None:

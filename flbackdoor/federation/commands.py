@@ -11,6 +11,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+# Every Flower process we start: no `uv sync` of the app's dependencies at run time (GBs; the
+# environment or image has them), no update check, logs unbuffered.
+FLOWER_ENV = {
+    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
+    "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "PYTHONUNBUFFERED": "1",
+}
+
 FLEET_PORT = 9092  # Fleet API (gRPC-rere): SuperNodes dial it
 CONTROL_PORT = 9093  # Control + Runtime HTTP API: `flwr run`, `flwr supernode register`
 NODE_PORT = 9094  # a SuperNode's own Runtime API (its ClientApps dial it, on loopback)

@@ -11,23 +11,22 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from flbackdoor.federation.commands import (CONTROL_PORT, FLEET_PORT, NODE_PORT, Tls, node_config,
-                                            node_name, superlink_cmd, supernode_cmd)
+from flbackdoor.config import FederationConfig
+from flbackdoor.federation.commands import (CONTROL_PORT, FLEET_PORT, FLOWER_ENV, NODE_PORT, Tls,
+                                            node_config, node_name, superlink_cmd, supernode_cmd)
 
 IMAGE = "flbackdoor:latest"
 SUPERLINK = "superlink"  # the SuperLink's host name on the containers' network
 CERTS, DATA, CACHE, RESULTS = "/certs", "/data", "/cache", "/results"
 
-# Every container: no `uv sync` of the app at run time (the image has it all), no update check,
-# the SuperExec polling 5x faster than Flower's 1 s, Flower's and matplotlib's state in /tmp so
+# Every container: Flower's process environment, the SuperExec polling as fast as in a local
+# federation (federation.superexec_poll_interval_s), Flower's and matplotlib's state in /tmp so
 # any user id works (federation=docker runs containers as the host user).
 ENV = {
-    "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-    "FLWR_DISABLE_UPDATE_CHECK": "1",
-    "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.2",
+    **FLOWER_ENV,
+    "FLWR_SUPEREXEC_TASK_POLL_INTERVAL": str(FederationConfig.superexec_poll_interval_s),
     "FLWR_HOME": "/tmp/flwr",
     "MPLCONFIGDIR": "/tmp/matplotlib",
-    "PYTHONUNBUFFERED": "1",
 }
 
 

@@ -19,6 +19,7 @@ from pathlib import Path
 import tomli_w
 
 from flbackdoor.config import ExperimentConfig, to_json
+from flbackdoor.federation.commands import FLOWER_ENV
 from flbackdoor.federation.processes import ProcessFailed, ProcessGroup
 
 APP_DIR = Path(__file__).resolve().parents[2]  # the repo: pyproject.toml with [tool.flwr.app]
@@ -58,13 +59,7 @@ def flwr_env(flwr_home: Path, extra: dict[str, str] | None = None) -> dict[str, 
     env = dict(os.environ)
     # Flower starts its own helpers (flower-superexec, flwr-clientapp) by name from PATH.
     env["PATH"] = os.pathsep.join([str(Path(sys.executable).parent), env.get("PATH", "")])
-    env.update({
-        "FLWR_HOME": str(flwr_home),
-        # The SuperLink would otherwise `uv sync` the app's dependencies afresh (GBs).
-        "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
-        "FLWR_DISABLE_UPDATE_CHECK": "1",
-        "PYTHONUNBUFFERED": "1",
-    })
+    env.update(FLOWER_ENV, FLWR_HOME=str(flwr_home))
     env.update(extra or {})
     return env
 
