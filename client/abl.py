@@ -31,6 +31,14 @@ from flbackdoor.training import Normalizer, TrainResult
 STATE_KEY = "abl"
 
 
+def runs_abl(cfg: ExperimentConfig, poisoned: np.ndarray) -> bool:
+    """Whether this honest client trains with ABL: every one with ``client_defense=abl``, or,
+    with ``client_defense.clients=poisoned`` (an oracle bound), only one whose data the outsider
+    poisoned."""
+    cd = cfg.client_defense
+    return cd.name == "abl" and (cd.clients == "all" or len(poisoned) > 0)
+
+
 def abl_train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, poisoned: np.ndarray,
               cfg: ExperimentConfig, server_round: int, state: RecordDict, normalize: Normalizer,
               generator: torch.Generator) -> tuple[TrainResult, dict[str, int]]:
@@ -48,7 +56,12 @@ def abl_train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, poisoned: np.n
         result = abl.train_gga(model, x, y, torch.tensor(isolated, dtype=torch.long), cfg.client,
                                cd.unlearning_lr or cfg.client.lr, normalize,
                                cd.unlearning_epochs or cfg.client.epochs, generator, cd.ascent)
-    found = np.asarray(isolated or [], dtype=np.int64)
-    return result, {"isolated_count": len(found),
-                    "isolated_poisoned": int(np.isin(found, poisoned).sum()),
-                    "poisoned_count": len(poisoned)}
+    return result, isolation_metrics(isolated or [], poisoned)
+
+
+def isolation_metrics(isolated: list[int], poisoned: np.ndarray) -> dict[str, int]:
+    """What a node reports about its isolation; every node of an ABL run reports the same keys
+    (one that does not run ABL, none isolated), as Flower's metric aggregation requires."""
+    found = np.asarray(isolated, dtype=np.int64)
+    return {"isolated_count": len(found), "isolated_poisoned": int(np.isin(found, poisoned).sum()),
+            "poisoned_count": len(poisoned)}

@@ -12,6 +12,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from client import pruning
+from client.abl import abl_train, isolation_metrics, runs_abl
 from client.node import identity, local_paths, partition_data, training_data
 from flbackdoor.config import from_run_config
 from flbackdoor.models import build_model
@@ -59,13 +60,13 @@ def train(msg: Message, context: Context) -> Message:
         # An honest node's data, poisoned where an outsider got to it (attacker/poisoning.py).
         x, y, poisoned = training_data(cfg, node.partition_id, *local)
         x, y = as_tensors(x, y, device)
-        if cfg.client_defense.name == "abl":
-            from client.abl import abl_train
-
+        if runs_abl(cfg, poisoned):
             result, defense_metrics = abl_train(model, x, y, poisoned, cfg, server_round,
                                                 context.state, Normalizer(d, device), generator)
         else:
             result = local_train(model, x, y, cfg.client, Normalizer(d, device), generator)
+            if cfg.client_defense.name == "abl":
+                defense_metrics = isolation_metrics([], poisoned)
         state = model.state_dict()
 
     arrays = ArrayRecord({k: v.detach().cpu() for k, v in state.items()})

@@ -209,6 +209,10 @@ class ClientDefenseConfig:
     # GGA's ascent on the isolated set: "complement" descends -log(1 - p_y) (never saturates,
     # never diverges), "ce" ascends the cross-entropy itself (eq. 3 literally).
     ascent: str = "complement"
+    # Federated: which honest clients run ABL. "all" (the defense as deployed: no client knows
+    # whether an outsider poisoned its data) or "poisoned" (only those the outsider poisoned,
+    # the others train plainly): an oracle bound, a diagnostic of what ABL costs on clean clients.
+    clients: str = "all"
 
 
 @dataclass
@@ -423,6 +427,7 @@ def _validate_abl(cfg: ExperimentConfig) -> None:
     _check(cd.gamma >= 0, f"client_defense.gamma={cd.gamma} must be >= 0")
     _one_of("client_defense.lga_sign", cd.lga_sign, ("batch", "example"))
     _one_of("client_defense.ascent", cd.ascent, ("complement", "ce"))
+    _one_of("client_defense.clients", cd.clients, ("all", "poisoned"))
     _check(0 < cd.isolation_fraction < 1,
            f"client_defense.isolation_fraction={cd.isolation_fraction} must be in (0, 1)")
     _check(cd.unlearning_epochs >= 0,

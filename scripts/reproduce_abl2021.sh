@@ -16,6 +16,8 @@ for data in mnist fashion_mnist; do
 done
 run federated_none experiment=abl2021_federated_badnets client_defense=none
 run federated_abl  experiment=abl2021_federated_badnets
+# The oracle bound: only the 3 poisoned clients run ABL (no client can know this in practice).
+run federated_abl_oracle experiment=abl2021_federated_badnets client_defense.clients=poisoned
 # One line per run: final CA, ASR and isolation precision.
 for s in "$out"/*/summary.json; do
   python3 -c "import json,sys; s=json.load(open(sys.argv[1])); f=s['final']; \

@@ -134,6 +134,7 @@ def test_poisoning_config_errors(change, message):
     (dict(isolation_fraction=0.0), "client_defense.isolation_fraction=0.0 must be in (0, 1)"),
     (dict(gamma=-1.0), "client_defense.gamma=-1.0 must be >= 0"),
     (dict(ascent="up"), "client_defense.ascent='up' is not one of"),
+    (dict(clients="clean"), "client_defense.clients='clean' is not one of"),
     (dict(name="abl", lga_rounds=1, pretrain=5), "client_defense=abl needs pretrain_rounds=0"),
 ])
 def test_client_defense_config_errors(change, message):
@@ -181,6 +182,23 @@ def test_client_isolates_once_after_lga_rounds_and_keeps_the_set_in_node_state()
                          torch.Generator().manual_seed(4))
     assert list(state.config_records[STATE_KEY]["isolated"]) == first and again == metrics
     assert state.config_records[STATE_KEY]["round"] == 3
+    # A node that does not run ABL (clients=poisoned) reports the same keys: Flower refuses to
+    # aggregate replies whose metrics differ.
+    from client.abl import isolation_metrics
+    assert isolation_metrics([], poisoned) == {"isolated_count": 0, "isolated_poisoned": 0,
+                                               "poisoned_count": 20}
+
+
+def test_only_poisoned_clients_run_abl_under_the_oracle_switch():
+    from client.abl import runs_abl
+
+    cfg = ExperimentConfig()
+    none, some = np.zeros(0, np.int64), np.arange(3)
+    assert not runs_abl(cfg, some)  # client_defense=none
+    cfg.client_defense.name = "abl"
+    assert runs_abl(cfg, none) and runs_abl(cfg, some)
+    cfg.client_defense.clients = "poisoned"
+    assert not runs_abl(cfg, none) and runs_abl(cfg, some)
 
 
 def test_presets_compose_and_paper_scale_repeats_the_cifar_groups_exactly():
