@@ -1,7 +1,7 @@
 """The paper-style table of Wu et al.'s defense from finished runs (``summary.json`` ``phases``):
 one row per victim/target pair with test accuracy and attack success rate (%) after training,
 pruning, extreme-weight adjustment and fine-tuning (+ adjustment), the paper's Table IV numbers
-beside, and the means.
+beside (for runs in Table IV's setting; "-" for others, e.g. Tables I, III, V), and the means.
 
     python -m flbackdoor.pruning_table <run folder>... [-o table.md] [--title ...]
 """
@@ -29,11 +29,20 @@ PAPER_TABLE_IV = {
 PHASES = ("train", "prune", "adjust", "finetune_adjust")
 
 
+def in_table_iv_setting(config: dict) -> bool:
+    """Whether a run's numbers compare with Table IV's: MNIST, the 20/50-channel net, the 9-pixel
+    pattern (our reading of the pattern Table IV used). Tables I, III and V's runs are not."""
+    return (config.get("dataset", {}).get("name", "mnist") == "mnist"
+            and list(config.get("model", {}).get("conv_channels", [20, 50])) == [20, 50]
+            and config.get("attack", {}).get("pattern_pixels", 9) == 9)
+
+
 def row_of(run: Path) -> dict:
     """One table row from a run folder: the pair and each phase's figures in %."""
     summary = json.loads((run / "summary.json").read_text())
     attack = summary["config"]["attack"]
-    out: dict = {"vic": attack["source_label"], "atk": attack["target_label"], "run": run.name}
+    out: dict = {"vic": attack["source_label"], "atk": attack["target_label"], "run": run.name,
+                 "table_iv": in_table_iv_setting(summary["config"])}
     for phase in PHASES:
         block = summary.get("phases", {}).get(phase)
         if block is None:
@@ -66,7 +75,7 @@ def markdown(rows: list[dict]) -> str:
                 cells.append(_f(value))
                 if value is not None:
                     sums.setdefault(f"{phase}.{key}", []).append(float(value))
-        paper = PAPER_TABLE_IV.get((r["vic"], r["atk"]))
+        paper = PAPER_TABLE_IV.get((r["vic"], r["atk"])) if r["table_iv"] else None
         cells += ([f"{paper[0]} / {paper[1]}", f"{paper[2]} / {paper[3]}",
                    f"{paper[4]} / {paper[5]}"] if paper else ["-", "-", "-"])
         lines.append("| " + " | ".join(cells) + " |")
@@ -77,7 +86,7 @@ def markdown(rows: list[dict]) -> str:
         values = sums.get(key, [])
         mean.append(f"**{sum(values) / len(values):.1f}**" if values else "-")
     papers = [PAPER_TABLE_IV[(r["vic"], r["atk"])] for r in rows
-              if (r["vic"], r["atk"]) in PAPER_TABLE_IV]
+              if r["table_iv"] and (r["vic"], r["atk"]) in PAPER_TABLE_IV]
     for i in (0, 2, 4):
         mean.append(" / ".join(f"{sum(p[j] for p in papers) / len(papers):.1f}" for j in (i, i + 1))
                     if papers else "-")

@@ -205,4 +205,10 @@ def test_paper_style_table_rows_and_means(tmp_path):
     assert lines[2].endswith("| 98.5 / 99.5 | 95 / 34.9 | 96 / 26.3 |")  # the paper's, beside
     assert lines[4].startswith(
         "| **mean** |  | **97.0** | **100.0** | **10.0** | **95.0** | **6.0** |")
+    # A run outside Table IV's setting (Table V: Fashion-MNIST) gets no paper columns.
+    summary = json.loads((tmp_path / "honest_3_9" / "summary.json").read_text())
+    summary["config"]["dataset"] = {"name": "fashion_mnist"}
+    (tmp_path / "honest_3_9" / "summary.json").write_text(json.dumps(summary))
+    main([str(tmp_path / "honest_3_9"), "-o", str(out)])
+    assert out.read_text().splitlines()[2].endswith("| - | - | - |")
 
