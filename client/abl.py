@@ -56,10 +56,10 @@ def abl_train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, poisoned: np.n
         result = abl.train_gga(model, x, y, torch.tensor(isolated, dtype=torch.long), cfg.client,
                                cd.unlearning_lr or cfg.client.lr, normalize,
                                cd.unlearning_epochs or cfg.client.epochs, generator, cd.ascent)
-    return result, isolation_metrics(isolated or [], poisoned)
+    return result, isolation_report(isolated or [], poisoned)
 
 
-def isolation_metrics(isolated: list[int], poisoned: np.ndarray) -> dict[str, int]:
+def isolation_report(isolated: list[int], poisoned: np.ndarray) -> dict[str, int]:
     """What a node reports about its isolation; every node of an ABL run reports the same keys
     (one that does not run ABL, none isolated), as Flower's metric aggregation requires."""
     found = np.asarray(isolated, dtype=np.int64)

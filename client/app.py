@@ -12,7 +12,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, 
 from flwr.clientapp import ClientApp
 
 from client import pruning
-from client.abl import abl_train, isolation_metrics, runs_abl
+from client.abl import abl_train, isolation_report, runs_abl
 from client.node import identity, local_paths, partition_data, training_data
 from flbackdoor.config import from_run_config
 from flbackdoor.models import build_model
@@ -66,7 +66,7 @@ def train(msg: Message, context: Context) -> Message:
         else:
             result = local_train(model, x, y, cfg.client, Normalizer(d, device), generator)
             if cfg.client_defense.name == "abl":
-                defense_metrics = isolation_metrics([], poisoned)
+                defense_metrics = isolation_report([], poisoned)
         state = model.state_dict()
 
     arrays = ArrayRecord({k: v.detach().cpu() for k, v in state.items()})

@@ -41,8 +41,10 @@ def row_of(run: Path) -> dict:
     """One table row from a run folder: the pair and each phase's figures in %."""
     summary = json.loads((run / "summary.json").read_text())
     attack = summary["config"]["attack"]
-    out: dict = {"vic": attack["source_label"], "atk": attack["target_label"], "run": run.name,
-                 "table_iv": in_table_iv_setting(summary["config"])}
+    pair = (attack["source_label"], attack["target_label"])
+    out: dict = {"vic": pair[0], "atk": pair[1], "run": run.name,
+                 "paper": PAPER_TABLE_IV.get(pair) if in_table_iv_setting(summary["config"])
+                 else None}
     for phase in PHASES:
         block = summary.get("phases", {}).get(phase)
         if block is None:
@@ -75,7 +77,7 @@ def markdown(rows: list[dict]) -> str:
                 cells.append(_f(value))
                 if value is not None:
                     sums.setdefault(f"{phase}.{key}", []).append(float(value))
-        paper = PAPER_TABLE_IV.get((r["vic"], r["atk"])) if r["table_iv"] else None
+        paper = r["paper"]
         cells += ([f"{paper[0]} / {paper[1]}", f"{paper[2]} / {paper[3]}",
                    f"{paper[4]} / {paper[5]}"] if paper else ["-", "-", "-"])
         lines.append("| " + " | ".join(cells) + " |")
@@ -85,8 +87,7 @@ def markdown(rows: list[dict]) -> str:
                 "finetune_adjust.asr"):
         values = sums.get(key, [])
         mean.append(f"**{sum(values) / len(values):.1f}**" if values else "-")
-    papers = [PAPER_TABLE_IV[(r["vic"], r["atk"])] for r in rows
-              if r["table_iv"] and (r["vic"], r["atk"]) in PAPER_TABLE_IV]
+    papers = [r["paper"] for r in rows if r["paper"]]
     for i in (0, 2, 4):
         mean.append(" / ".join(f"{sum(p[j] for p in papers) / len(papers):.1f}" for j in (i, i + 1))
                     if papers else "-")

@@ -184,8 +184,8 @@ def test_client_isolates_once_after_lga_rounds_and_keeps_the_set_in_node_state()
     assert state.config_records[STATE_KEY]["round"] == 3
     # A node that does not run ABL (clients=poisoned) reports the same keys: Flower refuses to
     # aggregate replies whose metrics differ.
-    from client.abl import isolation_metrics
-    assert isolation_metrics([], poisoned) == {"isolated_count": 0, "isolated_poisoned": 0,
+    from client.abl import isolation_report
+    assert isolation_report([], poisoned) == {"isolated_count": 0, "isolated_poisoned": 0,
                                                "poisoned_count": 20}
 
 
