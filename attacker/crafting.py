@@ -8,6 +8,9 @@ An epoch is one pass over D_trn + D_mal (``attack.data_mix=union``) or, as in th
 a pass over D_trn followed by a pass over D_mal (``alternate``).
 - ``data_poisoning``: train on D_trn + D_mal and send w* unboosted (the baseline).
 
+Each is a registered :class:`BackdoorAttack` in its own module (``boosted.py``,
+``norm_bounded.py``, ``data_poisoning.py``); this module holds what they share.
+
 b is the boost each attacker applies: beta / m with beta = sum n_k / (eta n_attacker) over the
 round's sampled nodes and m attackers in the round, or a fixed ``attack.boost_factor``.
 
@@ -24,8 +27,12 @@ import numpy as np
 import torch
 from torch import nn
 
-from attacker.replacement import boost, boost_factor, project_l2
+from attacker.base import Attack, Reply, TrainJob, state_reply
+from attacker.replacement import boost, project_l2
+from attacker.tasks import build_task
 from flbackdoor.config import ExperimentConfig
+from flbackdoor.rng import stream
+from flbackdoor.roles import roles_for
 from flbackdoor.data.cache import load_train
 from flbackdoor.training import Normalizer, TrainResult, as_tensors, train
 from flbackdoor.updates import StateDict, add, difference
@@ -45,26 +52,20 @@ def attacker_train_data(local: tuple[np.ndarray, np.ndarray], cache: Path, cfg: 
     for p in exclude:
         allowed[offsets[p]:offsets[p + 1]] = False
     pool = np.flatnonzero(allowed)
-    rng = np.random.default_rng([cfg.seed, 104729])
+    rng = stream("aux_train", cfg.seed)
     pick = np.sort(rng.choice(pool, min(k, len(pool)), replace=False))
     return (np.concatenate([np.asarray(local[0]), np.asarray(x[pick])]),
             np.concatenate([np.asarray(local[1]), np.asarray(y[pick])]))
 
 
-def attack_boost(cfg: ExperimentConfig, hints: dict, attacker_examples: int) -> float:
-    """The factor b this attacker boosts by (1 for plain data poisoning)."""
-    a = cfg.attack
-    if a.name == "data_poisoning":
-        return 1.0
-    if a.boost_factor > 0:
-        return a.boost_factor
-    return boost_factor(float(hints["attack-round-examples"]), cfg.server.lr,
-                        float(attacker_examples), int(hints.get("attack-num-attackers", 1)))
-
-
 def craft_update(model: nn.Module, global_state: StateDict, local: tuple[np.ndarray, np.ndarray],
-                 poison: tuple[np.ndarray, np.ndarray], cfg: ExperimentConfig, factor: float,
-                 device: torch.device, generator: torch.Generator) -> tuple[StateDict, TrainResult]:
+                 poison: tuple[np.ndarray, np.ndarray], cfg: ExperimentConfig,
+                 factor: float | None, device: torch.device, generator: torch.Generator,
+                 radius: float | None = None, project_each_step: bool = False
+                 ) -> tuple[StateDict, TrainResult]:
+    """Train w* on D_trn + D_mal from w_t, projecting onto the L2 ball of ``radius`` around
+    w_t (if given) after every epoch or step; send w_t + factor (w* - w_t), or w* itself when
+    ``factor`` is None (no boosting)."""
     a = cfg.attack
     if a.data_mix == "union":
         passes = [as_tensors(np.concatenate([np.asarray(local[0]), poison[0]]),
@@ -73,14 +74,13 @@ def craft_update(model: nn.Module, global_state: StateDict, local: tuple[np.ndar
         passes = [as_tensors(*local, device), as_tensors(*poison, device)]
     normalize = Normalizer(cfg.dataset, device)
     project = None
-    if a.name == "norm_bounded":
-        radius = a.norm_bound / factor
+    if radius is not None:
 
         def project() -> None:
             model.load_state_dict(project_l2(model.state_dict(), global_state, radius))
 
-    after_step = project if a.project_every == "step" else None
-    epochs = a.epochs or cfg.client.epochs
+    after_step = project if project_each_step else None
+    epochs = a.epochs
     # One train() call per pass keeps the optimizer (and its momentum) across epochs when
     # nothing has to happen between them.
     calls, per_call = (1, epochs) if project is None and len(passes) == 1 else (epochs, 1)
@@ -95,6 +95,38 @@ def craft_update(model: nn.Module, global_state: StateDict, local: tuple[np.ndar
     result = TrainResult(sum(r.loss * r.steps for r in results) / max(steps, 1),
                          sum(len(y) for _, y in passes), steps)
     w_star = model.state_dict()
-    if a.name == "data_poisoning":
+    if factor is None:
         return w_star, result
     return add(global_state, boost(difference(w_star, global_state), factor)), result
+
+
+class BackdoorAttack(Attack):
+    """Train on the attacker's data plus the backdoor task's D_mal, then shape the update:
+    subclasses say by which factor it is boosted and within which radius it is projected."""
+
+    def boost(self, job: TrainJob, attacker_examples: int) -> float | None:
+        """The factor b the update is boosted by; None sends w* as trained."""
+        return None
+
+    def radius(self, factor: float | None) -> float | None:
+        """The L2 radius around w_t that training is projected onto; None: no projection."""
+        return None
+
+    def project_each_step(self) -> bool:
+        """Project after every step instead of every epoch."""
+        return False
+
+    def reply(self, job: TrainJob) -> Reply:
+        cfg, pid = self.cfg, job.partition_id
+        roles = roles_for(cfg, job.cache)
+        index = roles.attacker_index(pid) if pid in roles.malicious else 0
+        poison = build_task(cfg, job.cache, roles).poison(*job.local, index)
+        n = len(job.local[1])
+        d_trn = attacker_train_data(job.local, job.cache, cfg, exclude=roles.targets)
+        factor = self.boost(job, n)
+        state, result = craft_update(job.model, job.global_state, d_trn, poison, cfg, factor,
+                                     job.device, job.generator, self.radius(factor),
+                                     self.project_each_step())
+        # The attacker reports its honest-looking D_trn size, the n_k its boost was computed for.
+        result.num_examples = n
+        return state_reply(state, result)

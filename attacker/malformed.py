@@ -6,7 +6,15 @@ server's reply validation is exercised by a real malicious process (``attack=mal
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+from typing import ClassVar
+
 import numpy as np
+from flwr.app import Array, ArrayRecord
+
+from attacker.base import Attack, AttackConfig, Reply, TrainJob
+from flbackdoor.config import ExperimentConfig, one_of
+from flbackdoor.registries import ATTACKS
 
 KINDS = ("nan", "inf", "wrong_shape", "wrong_dtype", "missing_array", "absurd_examples",
          "oversized")
@@ -38,3 +46,31 @@ def malform(arrays: dict[str, np.ndarray], num_examples: int, kind: str,
     else:
         raise ValueError(f"unknown malformed kind {kind!r}; one of {', '.join(KINDS)}, cycle")
     return out, num_examples
+
+
+@dataclass
+class MalformedConfig(AttackConfig):
+    name: str = "malformed"
+    num_malicious: int = 1
+    schedule: str = "fixed_frequency"
+    malformed_kind: str = "cycle"  # what to break (cycle: a different kind a round)
+    oversized_bytes: int = 250_000_000  # "oversized": padding added to the update
+    backdoor: ClassVar[bool] = False
+
+    def check(self, cfg: ExperimentConfig) -> None:
+        super().check(cfg)
+        one_of("attack.malformed_kind", self.malformed_kind, (*KINDS, "cycle"))
+
+
+@ATTACKS.register("malformed")
+class Malformed(Attack):
+    """Train honestly, then break the reply in one of ``KINDS``."""
+
+    Config = MalformedConfig
+
+    def reply(self, job: TrainJob) -> Reply:
+        state, result = job.honest()
+        kind = kind_for_round(self.config.malformed_kind, job.server_round)
+        bad, n = malform({k: v.detach().cpu().numpy() for k, v in state.items()},
+                         result.num_examples, kind, self.config.oversized_bytes)
+        return Reply(ArrayRecord({k: Array(v) for k, v in bad.items()}), n, result.loss)

@@ -24,6 +24,7 @@ import numpy as np
 
 from attacker.triggers import pixel_pattern, stamp
 from flbackdoor.config import ExperimentConfig, PoisoningConfig
+from flbackdoor.rng import stream
 
 Trigger = Callable[[np.ndarray], np.ndarray]
 EMPTY = np.zeros(0, np.int64)
@@ -50,7 +51,7 @@ def badnets_trigger(image_size: int, value: int = 255) -> Trigger:
 
 def blend_trigger(shape: tuple[int, int, int], alpha: float, seed: int) -> Trigger:
     """One fixed noise image per seed, so every client and the server blend the same one."""
-    pattern = np.random.default_rng([seed, 7411]).integers(0, 256, shape, dtype=np.uint8)
+    pattern = stream("blend_pattern", seed).integers(0, 256, shape, dtype=np.uint8)
     mask = np.full(shape, alpha, np.float32)
     return lambda x: stamp(x, mask, pattern)
 
@@ -113,7 +114,7 @@ class Poisoning:
 
 def build_poisoning(cfg: ExperimentConfig) -> Poisoning | None:
     p, d = cfg.poisoning, cfg.dataset
-    if p.kind == "none":
+    if not p.enabled:
         return None
     if p.kind == "badnets":
         trigger = badnets_trigger(d.image_size, 0 if d.invert else 255)  # bright to the model
@@ -128,10 +129,10 @@ def poisoned_partitions(cfg: ExperimentConfig, malicious: tuple[int, ...] = ()) 
     """The honest partitions the outsider poisoned: a seeded choice, the same on every node and
     on the server. Malicious nodes are never among them (they craft their own updates)."""
     p = cfg.poisoning
-    if p.kind == "none" or p.num_clients == 0:
+    if not p.enabled or p.num_clients == 0:
         return ()
     pool = np.setdiff1d(np.arange(cfg.num_clients), np.asarray(malicious, dtype=np.int64))
-    rng = np.random.default_rng([cfg.seed, 5381])
+    rng = stream("poisoning", cfg.seed)
     return tuple(int(i) for i in np.sort(rng.choice(pool, min(p.num_clients, len(pool)),
                                                     replace=False)))
 
@@ -143,7 +144,7 @@ def poison_partition(cfg: ExperimentConfig, partition_id: int, x: np.ndarray, y:
     poisoning = build_poisoning(cfg)
     if poisoning is None or partition_id not in poisoned_partitions(cfg, malicious):
         return x, y, EMPTY
-    return poisoning.poison(x, y, np.random.default_rng([cfg.seed, 5381, partition_id]))
+    return poisoning.poison(x, y, stream("poisoning", cfg.seed, partition_id))
 
 
 def poison_train_set(cfg: ExperimentConfig, x: np.ndarray, y: np.ndarray
@@ -152,7 +153,7 @@ def poison_train_set(cfg: ExperimentConfig, x: np.ndarray, y: np.ndarray
     poisoning = build_poisoning(cfg)
     if poisoning is None:
         return x, y, EMPTY
-    return poisoning.poison(x, y, np.random.default_rng([cfg.seed, 5381]))
+    return poisoning.poison(x, y, stream("poisoning", cfg.seed))
 
 
 def backdoor_test_set(cfg: ExperimentConfig, cache: Path) -> tuple[np.ndarray, np.ndarray] | None:

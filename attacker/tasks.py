@@ -18,16 +18,38 @@ from pathlib import Path
 
 import numpy as np
 
-from attacker.roles import Roles
 from attacker.triggers import dba_pattern, pixel_pattern, stamp
 from flbackdoor.config import ExperimentConfig
 from flbackdoor.data.cache import load_partition, load_test, load_train
+from flbackdoor.registries import TASKS
+from flbackdoor.roles import Roles
 
 Arrays = tuple[np.ndarray, np.ndarray]
 
 
-class SemanticTask:
+class BackdoorTask:
+    """D_mal for an attacker (:meth:`poison`) and the backdoor test set (:meth:`test_set`)."""
+
+    # Whether the task's D_mal are other (benign) writers' images: roles then picks target
+    # writers, and attackers among the others.
+    uses_target_writers = False
+
     def __init__(self, cfg: ExperimentConfig, cache: Path, roles: Roles) -> None:
+        self.cfg, self.cache = cfg, cache
+
+    def poison(self, x: np.ndarray, y: np.ndarray, attacker_index: int) -> Arrays:
+        raise NotImplementedError
+
+    def test_set(self) -> Arrays:
+        raise NotImplementedError
+
+
+@TASKS.register("semantic")
+class SemanticTask(BackdoorTask):
+    uses_target_writers = True
+
+    def __init__(self, cfg: ExperimentConfig, cache: Path, roles: Roles) -> None:
+        super().__init__(cfg, cache, roles)
         a = cfg.attack
         xs = []
         for pid in roles.targets:
@@ -45,18 +67,17 @@ class SemanticTask:
         return self.x, self.y
 
 
-class TriggerTask:
-    def __init__(self, cfg: ExperimentConfig, cache: Path) -> None:
-        d = cfg.dataset
-        self.cfg, self.cache = cfg, cache
+class TriggerTask(BackdoorTask):
+    """A pixel trigger stamped on victim-label images, relabelled to the target."""
+
+    def __init__(self, cfg: ExperimentConfig, cache: Path, roles: Roles) -> None:
+        super().__init__(cfg, cache, roles)
         # "Bright" in the model's eyes: raw 0 where the dataset is inverted (FEMNIST).
-        self.value = 0 if d.invert else 255
+        self.value = 0 if cfg.dataset.invert else 255
 
     def trigger(self, part: int | None) -> tuple[np.ndarray, np.ndarray]:
-        a, size = self.cfg.attack, self.cfg.dataset.image_size
-        if self.cfg.attack.task == "dba":
-            return dba_pattern(a.dba_parts, size, self.value, part)
-        return pixel_pattern(a.pattern_pixels, size, self.value)
+        """Attacker ``part``'s (mask, pattern); ``None``: the one the server tests with."""
+        raise NotImplementedError
 
     def poison(self, x: np.ndarray, y: np.ndarray, attacker_index: int) -> Arrays:
         a = self.cfg.attack
@@ -78,9 +99,22 @@ class TriggerTask:
         return stamp(victims, mask, pattern), np.full(len(victims), a.target_label, np.int64)
 
 
-def build_task(cfg: ExperimentConfig, cache: Path, roles: Roles) -> SemanticTask | TriggerTask | None:
-    if cfg.attack.name in ("none", "malformed"):
+@TASKS.register("pixel_pattern")
+class PixelPatternTask(TriggerTask):
+    def trigger(self, part: int | None) -> tuple[np.ndarray, np.ndarray]:
+        return pixel_pattern(self.cfg.attack.pattern_pixels, self.cfg.dataset.image_size,
+                             self.value)
+
+
+@TASKS.register("dba")
+class DBATask(TriggerTask):
+    def trigger(self, part: int | None) -> tuple[np.ndarray, np.ndarray]:
+        return dba_pattern(self.cfg.attack.dba_parts, self.cfg.dataset.image_size, self.value,
+                           part)
+
+
+def build_task(cfg: ExperimentConfig, cache: Path, roles: Roles) -> BackdoorTask | None:
+    """The attack's backdoor task, or None for an attack that plants none."""
+    if not cfg.attack.backdoor:
         return None
-    if cfg.attack.task == "semantic":
-        return SemanticTask(cfg, cache, roles)
-    return TriggerTask(cfg, cache)
+    return TASKS[cfg.attack.task](cfg, cache, roles)

@@ -44,7 +44,7 @@ def experiment(overrides: list[str]) -> ExperimentConfig:
     """The typed, validated experiment for these Hydra overrides (as ``flbackdoor`` builds it)."""
     from hydra import compose, initialize_config_dir
 
-    from flbackdoor.cli import CONF_DIR, resolve
+    from launcher.cli import CONF_DIR, resolve
 
     with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
         return resolve(compose("config", overrides=[f"data.root={DATA_ROOT}", *overrides]))
@@ -85,7 +85,7 @@ def round_partitions(cfg: ExperimentConfig, server_round: int) -> list[int]:
 
 def run_flbackdoor(overrides: list[str], run_dir: Path, timeout: float = 3600) -> list[dict]:
     """A real ``flbackdoor`` run; its metrics rows."""
-    cmd = [sys.executable, "-m", "flbackdoor.cli", f"data.root={DATA_ROOT}", *overrides,
+    cmd = [sys.executable, "-m", "launcher.cli", f"data.root={DATA_ROOT}", *overrides,
            f"hydra.run.dir={run_dir}"]
     done = subprocess.run(cmd, cwd=REPO, capture_output=True, text=True, timeout=timeout)
     if done.returncode != 0:

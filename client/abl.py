@@ -25,6 +25,7 @@ from flwr.app import ConfigRecord, RecordDict
 from torch import nn
 
 from defenses import abl
+from flbackdoor import protocol as P
 from flbackdoor.config import ExperimentConfig
 from flbackdoor.training import Normalizer, TrainResult
 
@@ -36,7 +37,7 @@ def runs_abl(cfg: ExperimentConfig, poisoned: np.ndarray) -> bool:
     with ``client_defense.clients=poisoned`` (an oracle bound), only one whose data the outsider
     poisoned."""
     cd = cfg.client_defense
-    return cd.name == "abl" and (cd.clients == "all" or len(poisoned) > 0)
+    return cd.enabled and (cd.clients == "all" or len(poisoned) > 0)
 
 
 def abl_train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, poisoned: np.ndarray,
@@ -54,8 +55,8 @@ def abl_train(model: nn.Module, x: torch.Tensor, y: torch.Tensor, poisoned: np.n
             state[STATE_KEY] = ConfigRecord({"isolated": isolated, "round": server_round})
     else:
         result = abl.train_gga(model, x, y, torch.tensor(isolated, dtype=torch.long), cfg.client,
-                               cd.unlearning_lr or cfg.client.lr, normalize,
-                               cd.unlearning_epochs or cfg.client.epochs, generator, cd.ascent)
+                               cd.unlearning_lr, normalize,
+                               cd.unlearning_epochs, generator, cd.ascent)
     return result, isolation_report(isolated or [], poisoned)
 
 
@@ -63,5 +64,5 @@ def isolation_report(isolated: list[int], poisoned: np.ndarray) -> dict[str, int
     """What a node reports about its isolation; every node of an ABL run reports the same keys
     (one that does not run ABL, none isolated), as Flower's metric aggregation requires."""
     found = np.asarray(isolated, dtype=np.int64)
-    return {"isolated_count": len(found), "isolated_poisoned": int(np.isin(found, poisoned).sum()),
-            "poisoned_count": len(poisoned)}
+    return {P.ISOLATED_COUNT: len(found), P.ISOLATED_POISONED: int(np.isin(found, poisoned).sum()),
+            P.POISONED_COUNT: len(poisoned)}

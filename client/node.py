@@ -2,7 +2,7 @@
 
 In deployment a SuperNode is started with ``--node-config 'partition-id=3 num-partitions=10
 role="benign"'``; in simulation Flower sets ``partition-id`` and ``num-partitions`` itself and
-the role follows from the experiment (``attacker.roles``). A node on another host names its own
+the role follows from the experiment (``flbackdoor.roles``). A node on another host names its own
 data folders with ``data-root="..."`` and ``cache-dir="..."`` in its node config (the
 experiment's paths are the submitting machine's).
 """
@@ -48,7 +48,7 @@ def identity(context: Context, cfg: ExperimentConfig) -> NodeIdentity:
     if "role" in nc:
         role = str(nc["role"])
     else:  # simulation: the experiment decides, as the launcher does for real nodes
-        from attacker.roles import roles_for
+        from flbackdoor.roles import roles_for
 
         role = roles_for(cfg, prepare(cfg)).role(pid)
     if role not in ROLES:
@@ -65,9 +65,9 @@ def training_data(cfg: ExperimentConfig, partition_id: int, x: np.ndarray, y: np
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """An honest node's data as it holds it: its partition, poisoned when the outsider chose
     it (``poisoning``), and the poisoned indices (ground truth, only for scoring isolation)."""
-    if cfg.poisoning.kind == "none":
+    if not cfg.poisoning.enabled:
         return x, y, np.zeros(0, np.int64)
     from attacker.poisoning import poison_partition
-    from attacker.roles import roles_for
+    from flbackdoor.roles import roles_for
 
     return poison_partition(cfg, partition_id, x, y, roles_for(cfg, prepare(cfg)).malicious)

@@ -22,6 +22,7 @@ from flwr.common.logger import log
 
 from client.node import identity, local_paths, partition_data
 from defenses.pruning import candidate_changes, channel_activations, keep_votes, ranking
+from flbackdoor import protocol as P
 from flbackdoor.config import ExperimentConfig, from_run_config
 from flbackdoor.models import build_model
 from flbackdoor.training import Normalizer, as_tensors, evaluate, pick_device
@@ -34,7 +35,7 @@ def _setup(msg: Message, context: Context):
     device = pick_device(cfg.device)
     d = cfg.dataset
     model = build_model(cfg.model, d.channels, d.image_size, d.num_classes).to(device)
-    model.load_state_dict(msg.content["arrays"].to_torch_state_dict())
+    model.load_state_dict(msg.content[P.ARRAYS].to_torch_state_dict())
     local = partition_data(cfg, node.partition_id)
     lying = node.role == "malicious" and cfg.pruning.lie != "none"
     return cfg, node, model, local, device, lying
@@ -42,7 +43,7 @@ def _setup(msg: Message, context: Context):
 
 def activations(msg: Message, context: Context) -> Message:
     cfg, node, model, local, device, lying = _setup(msg, context)
-    config = msg.content["config"]
+    config = msg.content[P.CONFIG]
     x, _ = _sample(cfg, *local, node.partition_id)
     normalize = Normalizer(cfg.dataset, device)
     acts = channel_activations(model, normalize(as_tensors(x, local[1][:0], device)[0]))
@@ -54,13 +55,14 @@ def activations(msg: Message, context: Context) -> Message:
         values = ranking(acts)
     else:
         values = keep_votes(acts, float(config["rate"]))
-    vote = ConfigRecord({"values": [int(v) for v in values.tolist()], "num-examples": len(x)})
-    return Message(RecordDict({"vote": vote}), reply_to=msg)
+    vote = ConfigRecord({P.VOTE_VALUES: [int(v) for v in values.tolist()],
+                         P.NUM_EXAMPLES: len(x)})
+    return Message(RecordDict({P.VOTE: vote}), reply_to=msg)
 
 
 def evaluate_candidates(msg: Message, context: Context) -> Message:
     cfg, node, model, local, device, lying = _setup(msg, context)
-    config = msg.content["config"]
+    config = msg.content[P.CONFIG]
     x, y = as_tensors(*local, device)
     normalize = Normalizer(cfg.dataset, device)
     base = {k: v.clone() for k, v in model.state_dict().items()}
@@ -73,9 +75,9 @@ def evaluate_candidates(msg: Message, context: Context) -> Message:
         from attacker.lying import lie_accuracies
 
         accuracies = lie_accuracies(accuracies, cfg.pruning.lie)
-    report = MetricRecord({"accuracies": [float(a) for a in accuracies],
-                           "num-examples": len(y)})
-    return Message(RecordDict({"report": report}), reply_to=msg)
+    report = MetricRecord({P.REPORT_ACCURACIES: [float(a) for a in accuracies],
+                           P.NUM_EXAMPLES: len(y)})
+    return Message(RecordDict({P.REPORT: report}), reply_to=msg)
 
 
 def _sample(cfg: ExperimentConfig, x, y, partition_id: int):
@@ -95,7 +97,7 @@ def _lie_activations(cfg, partition_id, model, local, honest, normalize, device)
         return honest
     triggered = None
     if cfg.pruning.lie == "keep_backdoor":
-        from attacker.roles import roles_for
+        from flbackdoor.roles import roles_for
         from attacker.tasks import build_task
         from flbackdoor.data.cache import prepare
 

@@ -15,27 +15,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-DATASETS = ("mnist", "fashion_mnist", "cifar10", "femnist")
-MODELS = ("sun_emnist_cnn", "wu_mnist_cnn", "wu_fmnist_cnn", "wu_cifar_cnn")
-PARTITIONS = ("iid", "natural", "k_label", "dirichlet")
+from flbackdoor.errors import ConfigError
+from flbackdoor.registries import ATTACKS, DATASETS, DEFENSES, MODELS, PARTITIONERS
+from flbackdoor.registry import option_config
+
 FEDERATIONS = ("local", "simulation", "remote", "centralized", "docker")
 DEVICES = ("auto", "cpu", "cuda")
-ATTACKS = ("none", "boosted", "norm_bounded", "data_poisoning", "malformed")
-MALFORMED = ("cycle", "nan", "inf", "wrong_shape", "wrong_dtype", "missing_array",
-             "absurd_examples", "oversized")
-TASKS = ("semantic", "pixel_pattern", "dba")
-SCHEDULES = ("none", "fixed_frequency", "random")
 POISONINGS = ("none", "badnets", "blend", "sig")
 CLIENT_DEFENSES = ("none", "abl")
 PRUNINGS = ("none", "ranking", "majority")
 PRUNING_STOPS = ("server_validation", "client_reports")
 PRUNING_LIES = ("none", "reverse", "keep_backdoor", "false_accuracy")
-DEFENSES = ("none", "norm_clipping", "weak_dp", "krum", "multikrum", "bulyan", "fedmedian",
-            "fedtrimmedavg", "flower_dp_fixed")
-
-
-class ConfigError(ValueError):
-    """An experiment config that cannot run; the message is one line naming the key."""
 
 
 @dataclass
@@ -84,7 +74,7 @@ class ClientConfig:
     epochs: int = 1
     batch_size: int = 32
     lr: float = 0.05
-    momentum: float = 0.0
+    momentum: float = 0.9
     weight_decay: float = 0.0
     # Threads per client process: 1 keeps N client processes on a few cores from thrashing.
     num_threads: int = 1
@@ -132,49 +122,6 @@ class FederationConfig:
 
 
 @dataclass
-class AttackConfig:
-    """A malicious node's update crafting (Sun et al. section 3) and its backdoor task."""
-
-    name: str = "none"  # none | boosted | norm_bounded | data_poisoning
-    task: str = "semantic"  # semantic | pixel_pattern | dba
-    num_malicious: int = 0  # malicious partitions (epsilon * K)
-    schedule: str = "none"  # none | fixed_frequency | random: how the server samples them
-    frequency: int = 1  # fixed_frequency: one attacker in rounds with round % f == f // 2
-    # 0: beta = sum_{k in S_t} n_k / (eta * n_attacker), split among the round's attackers;
-    # > 0: a fixed amplification alpha per attacker (Wu et al.).
-    boost_factor: float = 0.0
-    norm_bound: float = 10.0  # norm_bounded: the boosted update's L2 norm is at most this M
-    project_every: str = "epoch"  # norm_bounded: project after each "epoch" or "step"
-    # How an attacker epoch visits its data: "union" = one shuffled pass over D_trn + D_mal;
-    # "alternate" = a pass over D_trn, then one over D_mal (the TFF reference), which gives the
-    # backdoor half of the steps however large D_trn is.
-    data_mix: str = "union"
-    epochs: int = 0  # attacker's local epochs (0: client.epochs)
-    source_label: int = 7  # semantic: the target writers' digit; triggers: the victim label
-    target_label: int = 1
-    num_backdoor_tasks: int = 30  # semantic: target writers
-    pattern_pixels: int = 9  # pixel_pattern: 1, 3, 5, 7 or 9
-    dba_parts: int = 4  # dba: parts of the global pattern
-    aux_samples: int = 200  # triggers: victim images drawn when the attacker holds none
-    aux_train_samples: int = 0  # D_trn: true-distribution images the attacker holds besides its own
-    malformed_kind: str = "cycle"  # malformed: what to break (cycle: a different kind a round)
-    oversized_bytes: int = 250_000_000  # malformed "oversized": padding added to the update
-
-
-@dataclass
-class DefenseConfig:
-    """Server-side aggregation defense (Sun et al. section 4, and Flower's robust strategies)."""
-
-    name: str = "none"
-    norm_bound: float = 3.0  # M for norm_clipping, weak_dp and flower_dp_fixed
-    noise_std: float = 0.0  # weak_dp: sigma of the noise added to the sum of clipped updates
-    noise_multiplier: float = 0.0  # flower_dp_fixed: z, noise std z * M / m
-    num_malicious: int = 0  # krum, multikrum, bulyan: f
-    num_nodes_to_select: int = 1  # multikrum
-    trim_fraction: float = 0.2  # fedtrimmedavg: beta
-
-
-@dataclass
 class PoisoningConfig:
     """An outsider poisoned honest data before training (ABL's threat model): the whole
     training set in centralized mode, ``num_clients`` honest partitions in a federation."""
@@ -186,6 +133,10 @@ class PoisoningConfig:
     blend_alpha: float = 0.2  # blend: (1 - alpha) x + alpha * pattern
     sig_delta: float = 20.0  # sig: amplitude of the sinusoid, in raw 0..255 pixel units
     sig_frequency: float = 6.0  # sig: periods across the image width
+
+    @property
+    def enabled(self) -> bool:
+        return self.kind != "none"
 
 
 @dataclass
@@ -199,10 +150,10 @@ class ClientDefenseConfig:
     # T_te: LGA epochs (centralized) or server rounds (federated) before isolation; a client
     # isolates at its first participation after round lga_rounds.
     lga_rounds: int = 20
-    # Federated: local GGA epochs per round once isolated (0: client.epochs). Centralized:
+    # Federated: local GGA epochs per round once isolated. Centralized:
     # GGA runs for the num_rounds - lga_rounds epochs that are left.
-    unlearning_epochs: int = 0
-    unlearning_lr: float = 0.0  # GGA learning rate (0: client.lr)
+    unlearning_epochs: int = 1  # conf: ${client.epochs}
+    unlearning_lr: float = 0.05  # GGA learning rate; conf: ${client.lr}
     # LGA's sign on the minibatch mean loss ("batch", the authors' code) or per example
     # ("example", eq. 3 read literally).
     lga_sign: str = "batch"
@@ -213,6 +164,10 @@ class ClientDefenseConfig:
     # whether an outsider poisoned its data) or "poisoned" (only those the outsider poisoned,
     # the others train plainly): an oracle bound, a diagnostic of what ABL costs on clean clients.
     clients: str = "all"
+
+    @property
+    def enabled(self) -> bool:
+        return self.name != "none"
 
 
 @dataclass
@@ -240,11 +195,15 @@ class PruningConfig:
     # a view that keeps the channels its backdoor uses, or false accuracies of the candidates.
     lie: str = "none"  # none | reverse | keep_backdoor | false_accuracy
 
+    @property
+    def enabled(self) -> bool:
+        return self.name != "none"
+
 
 @dataclass
 class ExperimentConfig:
     seed: int = 0
-    num_rounds: int = 5
+    num_rounds: int = 3
     num_clients: int = 10  # K
     clients_per_round: int = 10  # C*K
     device: str = "auto"
@@ -255,8 +214,10 @@ class ExperimentConfig:
     client: ClientConfig = field(default_factory=ClientConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
-    attack: AttackConfig = field(default_factory=AttackConfig)
-    defense: DefenseConfig = field(default_factory=DefenseConfig)
+    # An attack and a server defense: each option's own typed dataclass (its registered
+    # ``Config``), built from its YAML in ``conf/attack/`` or ``conf/defense/``.
+    attack: Any = field(default_factory=lambda: {"name": "none"})
+    defense: Any = field(default_factory=lambda: {"name": "none"})
     pruning: PruningConfig = field(default_factory=PruningConfig)
     poisoning: PoisoningConfig = field(default_factory=PoisoningConfig)
     client_defense: ClientDefenseConfig = field(default_factory=ClientDefenseConfig)
@@ -266,138 +227,104 @@ class ExperimentConfig:
     checkpoint: str = ""  # start from this saved model instead (a checkpoint.pt of a run)
     resume: str = ""  # a run folder: continue it from its last checkpointed round
 
+    def __post_init__(self) -> None:
+        # Hydra and the run config hand the options over as plain mappings; the registries
+        # turn each into its option's dataclass (unknown keys and wrong types fail here).
+        self.attack = option_config(ATTACKS, self.attack)
+        self.defense = option_config(DEFENSES, self.defense)
 
-def _check(ok: bool, message: str) -> None:
+
+def check(ok: bool, message: str) -> None:
     if not ok:
         raise ConfigError(message)
 
 
-def _one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:
-    _check(value in allowed, f"{key}={value!r} is not one of {', '.join(allowed)}")
+def one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:
+    check(value in allowed, f"{key}={value!r} is not one of {', '.join(allowed)}")
 
 
 def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     """Raise :class:`ConfigError` on the first value that cannot run; return ``cfg``."""
-    _one_of("dataset.name", cfg.dataset.name, DATASETS)
-    _one_of("model.name", cfg.model.name, MODELS)
-    _one_of("partition.name", cfg.partition.name, PARTITIONS)
-    _one_of("federation.mode", cfg.federation.mode, FEDERATIONS)
-    _one_of("device", cfg.device, DEVICES)
+    DATASETS[cfg.dataset.name], MODELS[cfg.model.name], PARTITIONERS[cfg.partition.name]
+    one_of("federation.mode", cfg.federation.mode, FEDERATIONS)
+    one_of("device", cfg.device, DEVICES)
     # A defense-only run (pruning a checkpoint) may train no round.
-    _check(cfg.num_rounds >= (0 if cfg.pruning.name != "none" else 1),
+    check(cfg.num_rounds >= (0 if cfg.pruning.name != "none" else 1),
            f"num_rounds={cfg.num_rounds} must be at least 1 (0 only with pruning)")
-    _check(cfg.num_clients >= 1, f"num_clients={cfg.num_clients} must be at least 1")
-    _check(
+    check(cfg.num_clients >= 1, f"num_clients={cfg.num_clients} must be at least 1")
+    check(
         1 <= cfg.clients_per_round <= cfg.num_clients,
         f"clients_per_round={cfg.clients_per_round} must be between 1 and "
         f"num_clients={cfg.num_clients}",
     )
     c = cfg.client
-    _check(c.lr > 0, f"client.lr={c.lr} must be positive")
-    _check(c.epochs >= 1, f"client.epochs={c.epochs} must be at least 1")
-    _check(c.batch_size >= 1, f"client.batch_size={c.batch_size} must be at least 1")
-    _check(0 <= c.momentum < 1, f"client.momentum={c.momentum} must be in [0, 1)")
-    _check(c.weight_decay >= 0, f"client.weight_decay={c.weight_decay} must be >= 0")
-    _check(c.num_threads >= 1, f"client.num_threads={c.num_threads} must be at least 1")
+    check(c.lr > 0, f"client.lr={c.lr} must be positive")
+    check(c.epochs >= 1, f"client.epochs={c.epochs} must be at least 1")
+    check(c.batch_size >= 1, f"client.batch_size={c.batch_size} must be at least 1")
+    check(0 <= c.momentum < 1, f"client.momentum={c.momentum} must be in [0, 1)")
+    check(c.weight_decay >= 0, f"client.weight_decay={c.weight_decay} must be >= 0")
+    check(c.num_threads >= 1, f"client.num_threads={c.num_threads} must be at least 1")
     s = cfg.server
-    _check(s.lr > 0, f"server.lr={s.lr} must be positive")
-    _check(s.round_timeout_s > 0, f"server.round_timeout_s={s.round_timeout_s} must be positive")
-    _check(
+    check(s.lr > 0, f"server.lr={s.lr} must be positive")
+    check(s.round_timeout_s > 0, f"server.round_timeout_s={s.round_timeout_s} must be positive")
+    check(
         1 <= s.min_replies <= cfg.clients_per_round,
         f"server.min_replies={s.min_replies} must be between 1 and "
         f"clients_per_round={cfg.clients_per_round}",
     )
-    _check(s.poll_interval_s > 0, f"server.poll_interval_s={s.poll_interval_s} must be positive")
-    _check(s.max_in_flight >= -1, f"server.max_in_flight={s.max_in_flight} must be -1 (auto), "
+    check(s.poll_interval_s > 0, f"server.poll_interval_s={s.poll_interval_s} must be positive")
+    check(s.max_in_flight >= -1, f"server.max_in_flight={s.max_in_flight} must be -1 (auto), "
            "0 (the whole wave) or a positive count")
-    _check(s.eval_max_samples >= 0, f"server.eval_max_samples={s.eval_max_samples} must be >= 0")
+    check(s.eval_max_samples >= 0, f"server.eval_max_samples={s.eval_max_samples} must be >= 0")
     d = cfg.dataset
-    _check(
+    check(
         len(d.mean) == len(d.std) == d.channels,
         f"dataset.mean and dataset.std need one value per channel ({d.channels})",
     )
-    _check(0 < d.test_fraction < 1, f"dataset.test_fraction={d.test_fraction} must be in (0, 1)")
-    _check(d.max_train_samples >= 0, f"dataset.max_train_samples={d.max_train_samples} must be >= 0")
+    check(0 < d.test_fraction < 1, f"dataset.test_fraction={d.test_fraction} must be in (0, 1)")
+    check(d.max_train_samples >= 0, f"dataset.max_train_samples={d.max_train_samples} must be >= 0")
     p = cfg.partition
     if p.name == "k_label":
-        _check(
+        check(
             1 <= p.labels_per_client <= d.num_classes,
             f"partition.labels_per_client={p.labels_per_client} must be between 1 and "
             f"dataset.num_classes={d.num_classes}",
         )
     if p.name == "dirichlet":
-        _check(p.alpha > 0, f"partition.alpha={p.alpha} must be positive")
-    if p.name == "natural":
-        _check(
-            d.name == "femnist",
-            f"partition=natural needs a dataset with writers (femnist), not {d.name}",
-        )
+        check(p.alpha > 0, f"partition.alpha={p.alpha} must be positive")
+    if PARTITIONERS[p.name].natural:
+        check(DATASETS[d.name].has_writers,
+              f"partition={p.name} needs a dataset with writers (femnist), not {d.name}")
     m = cfg.model
-    _check(len(m.conv_channels) >= 1, "model.conv_channels needs at least one layer")
-    _check(all(w >= 1 for w in m.conv_channels + m.hidden), "model widths must be >= 1")
-    a = cfg.attack
-    _one_of("attack.name", a.name, ATTACKS)
-    _one_of("attack.task", a.task, TASKS)
-    _one_of("attack.schedule", a.schedule, SCHEDULES)
-    _one_of("attack.project_every", a.project_every, ("epoch", "step"))
-    _one_of("attack.data_mix", a.data_mix, ("union", "alternate"))
-    _one_of("attack.malformed_kind", a.malformed_kind, MALFORMED)
-    labels = range(cfg.dataset.num_classes)
-    _check(a.source_label in labels and a.target_label in labels and
-           a.source_label != a.target_label,
-           f"attack.source_label={a.source_label} and attack.target_label={a.target_label} "
-           f"must be different labels of the dataset")
-    if a.name != "none":
-        _check(1 <= a.num_malicious <= cfg.num_clients,
-               f"attack={a.name} needs attack.num_malicious between 1 and num_clients "
-               f"({cfg.num_clients}), not {a.num_malicious}")
-        _check(a.schedule != "none", f"attack={a.name} needs attack.schedule "
-               "(fixed_frequency or random); schedule none samples no attacker")
-    _check(a.frequency >= 1, f"attack.frequency={a.frequency} must be at least 1")
-    _check(a.boost_factor >= 0, f"attack.boost_factor={a.boost_factor} must be >= 0")
-    _check(a.norm_bound > 0, f"attack.norm_bound={a.norm_bound} must be positive")
-    _check(1 <= a.pattern_pixels <= 9, f"attack.pattern_pixels={a.pattern_pixels} must be 1..9")
-    _check(a.dba_parts >= 1, f"attack.dba_parts={a.dba_parts} must be at least 1")
-    if a.task == "semantic" and a.name not in ("none", "malformed"):
-        _check(a.num_backdoor_tasks >= 1,
-               f"attack.num_backdoor_tasks={a.num_backdoor_tasks} must be at least 1")
-    df = cfg.defense
-    _one_of("defense.name", df.name, DEFENSES)
-    _check(df.norm_bound > 0, f"defense.norm_bound={df.norm_bound} must be positive")
-    _check(df.noise_std >= 0, f"defense.noise_std={df.noise_std} must be >= 0")
-    _check(0 <= df.trim_fraction < 0.5, f"defense.trim_fraction={df.trim_fraction} must be in [0, 0.5)")
-    _check(cfg.pretrain_rounds >= 0, f"pretrain_rounds={cfg.pretrain_rounds} must be >= 0")
+    check(len(m.conv_channels) >= 1, "model.conv_channels needs at least one layer")
+    check(all(w >= 1 for w in m.conv_channels + m.hidden), "model widths must be >= 1")
+    cfg.attack.check(cfg)
+    cfg.defense.check(cfg)
+    check(cfg.pretrain_rounds >= 0, f"pretrain_rounds={cfg.pretrain_rounds} must be >= 0")
     _validate_abl(cfg)
     if cfg.checkpoint:
-        _check(Path(cfg.checkpoint).is_file(), f"checkpoint={cfg.checkpoint} is not a file")
-    _check(s.max_examples >= 1, f"server.max_examples={s.max_examples} must be at least 1")
-    _check(s.max_update_bytes > 0, f"server.max_update_bytes={s.max_update_bytes} must be positive")
-    _check(s.checkpoint_every >= 1, f"server.checkpoint_every={s.checkpoint_every} must be >= 1")
-    if df.name == "bulyan":
-        _check(cfg.clients_per_round >= 4 * df.num_malicious + 3,
-               f"defense=bulyan needs clients_per_round >= 4 * defense.num_malicious + 3 "
-               f"({4 * df.num_malicious + 3}), not {cfg.clients_per_round}")
-    if df.name in ("krum", "multikrum"):
-        _check(cfg.clients_per_round > 2 * df.num_malicious + 2,
-               f"defense={df.name} needs clients_per_round > 2 * defense.num_malicious + 2")
+        check(Path(cfg.checkpoint).is_file(), f"checkpoint={cfg.checkpoint} is not a file")
+    check(s.max_examples >= 1, f"server.max_examples={s.max_examples} must be at least 1")
+    check(s.max_update_bytes > 0, f"server.max_update_bytes={s.max_update_bytes} must be positive")
+    check(s.checkpoint_every >= 1, f"server.checkpoint_every={s.checkpoint_every} must be >= 1")
     _validate_pruning(cfg.pruning)
     f = cfg.federation
     if f.mode == "local":
-        _check(
+        check(
             cfg.num_clients <= f.max_local_nodes,
             f"federation=local starts one process per client; num_clients={cfg.num_clients} "
             f"exceeds federation.max_local_nodes={f.max_local_nodes} (use federation=simulation)",
         )
     if f.mode == "remote":
-        _check(bool(f.address), "federation=remote needs federation.address=<host:port>")
-        _check(
+        check(bool(f.address), "federation=remote needs federation.address=<host:port>")
+        check(
             f.insecure or bool(f.root_certificates),
             "federation=remote with insecure=false needs federation.root_certificates",
         )
     if f.mode == "docker":
-        _one_of("federation.gpus", f.gpus, ("auto", "all", "none"))
-        _check(bool(f.image), "federation=docker needs federation.image (docker build -t NAME .)")
-        _check(
+        one_of("federation.gpus", f.gpus, ("auto", "all", "none"))
+        check(bool(f.image), "federation=docker needs federation.image (docker build -t NAME .)")
+        check(
             cfg.num_clients <= f.max_local_nodes,
             f"federation=docker starts one container per client; num_clients={cfg.num_clients} "
             f"exceeds federation.max_local_nodes={f.max_local_nodes}",
@@ -409,60 +336,60 @@ def _validate_abl(cfg: ExperimentConfig) -> None:
     """The outsider's poisoning and the client-side defense (ABL)."""
     p, cd = cfg.poisoning, cfg.client_defense
     centralized = cfg.federation.mode == "centralized"
-    _one_of("poisoning.kind", p.kind, POISONINGS)
-    _check(0 < p.rate < 1, f"poisoning.rate={p.rate} must be in (0, 1)")
-    _check(p.target_label in range(cfg.dataset.num_classes),
+    one_of("poisoning.kind", p.kind, POISONINGS)
+    check(0 < p.rate < 1, f"poisoning.rate={p.rate} must be in (0, 1)")
+    check(p.target_label in range(cfg.dataset.num_classes),
            f"poisoning.target_label={p.target_label} is not a label of the dataset")
-    _check(0 < p.blend_alpha <= 1, f"poisoning.blend_alpha={p.blend_alpha} must be in (0, 1]")
-    _check(p.sig_delta > 0, f"poisoning.sig_delta={p.sig_delta} must be positive")
-    _check(p.sig_frequency > 0, f"poisoning.sig_frequency={p.sig_frequency} must be positive")
-    honest = cfg.num_clients - (cfg.attack.num_malicious if cfg.attack.name != "none" else 0)
-    _check(0 <= p.num_clients <= honest,
+    check(0 < p.blend_alpha <= 1, f"poisoning.blend_alpha={p.blend_alpha} must be in (0, 1]")
+    check(p.sig_delta > 0, f"poisoning.sig_delta={p.sig_delta} must be positive")
+    check(p.sig_frequency > 0, f"poisoning.sig_frequency={p.sig_frequency} must be positive")
+    honest = cfg.num_clients - cfg.attack.num_malicious
+    check(0 <= p.num_clients <= honest,
            f"poisoning.num_clients={p.num_clients} must be between 0 and the {honest} honest "
            f"clients")
     if p.kind != "none" and not centralized:
-        _check(p.num_clients >= 1, f"poisoning={p.kind} in a federation needs "
+        check(p.num_clients >= 1, f"poisoning={p.kind} in a federation needs "
                "poisoning.num_clients >= 1 (how many honest clients' data is poisoned)")
-    _one_of("client_defense.name", cd.name, CLIENT_DEFENSES)
-    _check(cd.gamma >= 0, f"client_defense.gamma={cd.gamma} must be >= 0")
-    _one_of("client_defense.lga_sign", cd.lga_sign, ("batch", "example"))
-    _one_of("client_defense.ascent", cd.ascent, ("complement", "ce"))
-    _one_of("client_defense.clients", cd.clients, ("all", "poisoned"))
-    _check(0 < cd.isolation_fraction < 1,
+    one_of("client_defense.name", cd.name, CLIENT_DEFENSES)
+    check(cd.gamma >= 0, f"client_defense.gamma={cd.gamma} must be >= 0")
+    one_of("client_defense.lga_sign", cd.lga_sign, ("batch", "example"))
+    one_of("client_defense.ascent", cd.ascent, ("complement", "ce"))
+    one_of("client_defense.clients", cd.clients, ("all", "poisoned"))
+    check(0 < cd.isolation_fraction < 1,
            f"client_defense.isolation_fraction={cd.isolation_fraction} must be in (0, 1)")
-    _check(cd.unlearning_epochs >= 0,
-           f"client_defense.unlearning_epochs={cd.unlearning_epochs} must be >= 0")
-    _check(cd.unlearning_lr >= 0, f"client_defense.unlearning_lr={cd.unlearning_lr} must be >= 0")
+    check(cd.unlearning_epochs >= 1,
+           f"client_defense.unlearning_epochs={cd.unlearning_epochs} must be at least 1")
+    check(cd.unlearning_lr > 0, f"client_defense.unlearning_lr={cd.unlearning_lr} must be positive")
     if cd.name == "abl":
         # The schedule counts server rounds from 1; pretraining rounds would be counted too.
-        _check(cfg.pretrain_rounds == 0 or centralized,
+        check(cfg.pretrain_rounds == 0 or centralized,
                f"client_defense=abl needs pretrain_rounds=0, not {cfg.pretrain_rounds} (ABL "
                "trains from the first round on the poisoned data)")
-        _check(1 <= cd.lga_rounds < cfg.num_rounds,
+        check(1 <= cd.lga_rounds < cfg.num_rounds,
                f"client_defense.lga_rounds={cd.lga_rounds} must be between 1 and "
                f"num_rounds={cfg.num_rounds} - 1 (ABL isolates after it, then unlearns)")
     if centralized:
-        _check(cfg.attack.name == "none",
+        check(cfg.attack.num_malicious == 0,
                f"attack={cfg.attack.name} needs a federation (federation=centralized trains one "
                "model on the poisoned training set)")
 
 
 def _validate_pruning(p: PruningConfig) -> None:
-    _one_of("pruning.name", p.name, PRUNINGS)
-    _one_of("pruning.stop", p.stop, PRUNING_STOPS)
-    _one_of("pruning.report_aggregate", p.report_aggregate, ("median", "mean"))
-    _one_of("pruning.lie", p.lie, PRUNING_LIES)
-    _check(0 < p.rate < 1, f"pruning.rate={p.rate} must be in (0, 1)")
-    _check(p.validation_size >= 1, f"pruning.validation_size={p.validation_size} must be >= 1")
-    _check(p.max_drop >= 0, f"pruning.max_drop={p.max_drop} must be >= 0")
-    _check(p.step >= 1, f"pruning.step={p.step} must be at least 1")
-    _check(p.activation_samples >= 0,
+    one_of("pruning.name", p.name, PRUNINGS)
+    one_of("pruning.stop", p.stop, PRUNING_STOPS)
+    one_of("pruning.report_aggregate", p.report_aggregate, ("median", "mean"))
+    one_of("pruning.lie", p.lie, PRUNING_LIES)
+    check(0 < p.rate < 1, f"pruning.rate={p.rate} must be in (0, 1)")
+    check(p.validation_size >= 1, f"pruning.validation_size={p.validation_size} must be >= 1")
+    check(p.max_drop >= 0, f"pruning.max_drop={p.max_drop} must be >= 0")
+    check(p.step >= 1, f"pruning.step={p.step} must be at least 1")
+    check(p.activation_samples >= 0,
            f"pruning.activation_samples={p.activation_samples} must be >= 0")
-    _check(p.delta > 0, f"pruning.delta={p.delta} must be positive")
-    _check(len(p.delta_grid) >= 1 and all(d > 0 for d in p.delta_grid)
+    check(p.delta > 0, f"pruning.delta={p.delta} must be positive")
+    check(len(p.delta_grid) >= 1 and all(d > 0 for d in p.delta_grid)
            and list(p.delta_grid) == sorted(p.delta_grid, reverse=True),
            f"pruning.delta_grid={list(p.delta_grid)} must be positive and descending")
-    _check(p.finetune_rounds >= 0, f"pruning.finetune_rounds={p.finetune_rounds} must be >= 0")
+    check(p.finetune_rounds >= 0, f"pruning.finetune_rounds={p.finetune_rounds} must be >= 0")
 
 
 def from_dict(cls: type, data: dict[str, Any]) -> Any:

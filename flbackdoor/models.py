@@ -19,6 +19,7 @@ import torch
 from torch import nn
 
 from flbackdoor.config import ModelConfig
+from flbackdoor.registries import MODELS
 
 
 class ConvNet(nn.Module):
@@ -85,30 +86,45 @@ def _conv_pool_blocks(in_ch: int, widths: list[int], kernel: int, pool_every: in
 
 
 def build_model(cfg: ModelConfig, channels: int, image_size: int, num_classes: int) -> ConvNet:
-    shape = (channels, image_size, image_size)
-    widths = list(cfg.conv_channels)
-    if cfg.name == "sun_emnist_cnn":
-        # Two 3x3 valid convs, one pool, dropout before and inside the head (TFF reference).
-        drop = list(cfg.dropout) or [0.25, 0.5]
-        layers: list[nn.Module] = []
-        in_ch = channels
-        for width in widths:
-            layers += [nn.Conv2d(in_ch, width, 3), nn.ReLU()]
-            in_ch = width
-        layers += [nn.MaxPool2d(2), nn.Dropout(drop[0])]
-        return ConvNet(nn.Sequential(*layers), shape, cfg.hidden, num_classes, drop[1])
-    if cfg.name == "wu_mnist_cnn":
-        # LeNet-style: 5x5 valid conv + pool after each conv.
-        layers = []
-        in_ch = channels
-        for width in widths:
-            layers += [nn.Conv2d(in_ch, width, 5), nn.ReLU(), nn.MaxPool2d(2)]
-            in_ch = width
-        return ConvNet(nn.Sequential(*layers), shape, cfg.hidden, num_classes)
-    if cfg.name == "wu_fmnist_cnn":
-        features = nn.Sequential(*_conv_pool_blocks(channels, widths, 3, pool_every=1))
-        return ConvNet(features, shape, cfg.hidden, num_classes)
-    if cfg.name == "wu_cifar_cnn":
-        features = nn.Sequential(*_conv_pool_blocks(channels, widths, 3, pool_every=2))
-        return ConvNet(features, shape, cfg.hidden, num_classes)
-    raise ValueError(f"unknown model {cfg.name!r}")
+    """The registered architecture ``cfg.name`` for images of this shape."""
+    return MODELS[cfg.name](cfg, channels, image_size, num_classes)
+
+
+@MODELS.register("sun_emnist_cnn")
+def sun_emnist_cnn(cfg: ModelConfig, channels: int, image_size: int, num_classes: int) -> ConvNet:
+    """Two 3x3 valid convs, one pool, dropout before and inside the head (TFF reference)."""
+    drop = list(cfg.dropout) or [0.25, 0.5]
+    layers: list[nn.Module] = []
+    in_ch = channels
+    for width in cfg.conv_channels:
+        layers += [nn.Conv2d(in_ch, width, 3), nn.ReLU()]
+        in_ch = width
+    layers += [nn.MaxPool2d(2), nn.Dropout(drop[0])]
+    return ConvNet(nn.Sequential(*layers), (channels, image_size, image_size), cfg.hidden,
+                   num_classes, drop[1])
+
+
+@MODELS.register("wu_mnist_cnn")
+def wu_mnist_cnn(cfg: ModelConfig, channels: int, image_size: int, num_classes: int) -> ConvNet:
+    """LeNet-style: 5x5 valid conv + pool after each conv."""
+    layers: list[nn.Module] = []
+    in_ch = channels
+    for width in cfg.conv_channels:
+        layers += [nn.Conv2d(in_ch, width, 5), nn.ReLU(), nn.MaxPool2d(2)]
+        in_ch = width
+    return ConvNet(nn.Sequential(*layers), (channels, image_size, image_size), cfg.hidden,
+                   num_classes)
+
+
+@MODELS.register("wu_fmnist_cnn")
+def wu_fmnist_cnn(cfg: ModelConfig, channels: int, image_size: int, num_classes: int) -> ConvNet:
+    features = nn.Sequential(*_conv_pool_blocks(channels, list(cfg.conv_channels), 3,
+                                                pool_every=1))
+    return ConvNet(features, (channels, image_size, image_size), cfg.hidden, num_classes)
+
+
+@MODELS.register("wu_cifar_cnn")
+def wu_cifar_cnn(cfg: ModelConfig, channels: int, image_size: int, num_classes: int) -> ConvNet:
+    features = nn.Sequential(*_conv_pool_blocks(channels, list(cfg.conv_channels), 3,
+                                                pool_every=2))
+    return ConvNet(features, (channels, image_size, image_size), cfg.hidden, num_classes)

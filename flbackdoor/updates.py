@@ -33,3 +33,28 @@ def clip_to_norm(update: StateDict, max_norm: float) -> tuple[StateDict, bool]:
     if norm <= max_norm:
         return update, False
     return scale(update, max_norm / norm), True
+
+
+def weighted_mean(deltas: list[StateDict], weights: list[float]) -> StateDict:
+    """FedAvg's mean sum_k n_k delta_k / sum_k n_k (Sun et al., the equation for w_{t+1})."""
+    total = float(sum(weights))
+    if not deltas or total <= 0:
+        raise ValueError("weighted_mean needs at least one update with positive weight")
+    return {
+        k: sum(w / total * d[k] for d, w in zip(deltas, weights))  # type: ignore[misc]
+        for k in deltas[0]
+    }
+
+
+def flatten(updates: list[StateDict]) -> torch.Tensor:
+    """The updates as rows of one (n, d) float matrix, entries in state-dict order."""
+    return torch.stack([torch.cat([v.float().reshape(-1) for v in u.values()]) for u in updates])
+
+
+def unflatten(vector: torch.Tensor, like: StateDict) -> StateDict:
+    """A flat vector back into ``like``'s names and shapes (float32)."""
+    out, i = {}, 0
+    for k, v in like.items():
+        out[k] = vector[i:i + v.numel()].reshape(v.shape).float()
+        i += v.numel()
+    return out

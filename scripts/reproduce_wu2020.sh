@@ -57,5 +57,5 @@ run a3_3_9 experiment=wu2020_table4 attack.source_label=3 attack.target_label=9 
 run scratch_a3_3_9 experiment=wu2020_table4 attack.source_label=3 attack.target_label=9 \
   attack.boost_factor=3 attack.aux_train_samples=0 pretrain_rounds=0 num_rounds=30
 for variant in honest "$lie" reverse deltasearch step5 majority table3 table1 table5; do
-  "$py" -m flbackdoor.pruning_table "$out"/"${variant}"_* -o "$out/table_${variant}.md"
+  "$py" -m launcher.pruning_table "$out"/"${variant}"_* -o "$out/table_${variant}.md"
 done

@@ -1,16 +1,17 @@
 """The ServerApp: identify the nodes, optionally start from a clean pretrained model, then run
-the experiment's rounds with one message wave each.
+the experiment's rounds with one message wave each, the post-training defense, the summary.
 
 We drive the rounds ourselves instead of ``Strategy.start`` for three reasons: one wave per
 round (evaluation is central, on the server, not a second wave to the clients), a short poll
 loop instead of ``send_and_receive``'s 3 s sleeps, and a round that goes on with the replies
-that came when a node is late or dead. The strategy's own hooks (``configure_train``,
-``aggregate_train``) still send and aggregate.
+that came when a node is late or dead. Aggregation is the run's registered defense
+(``defenses/``), fed the updates the round loop computed once.
 """
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, field
 from logging import INFO, WARNING
 from pathlib import Path
 
@@ -20,133 +21,183 @@ from flwr.common.logger import log
 from flwr.serverapp import Grid, ServerApp
 
 from attacker.poisoning import backdoor_test_set, poisoned_partitions
-from attacker.roles import roles_for
 from attacker.tasks import build_task
-from flbackdoor.config import from_run_config
+from defenses.base import Defense, build_defense
+from defenses.detection import totals
+from flbackdoor.config import ExperimentConfig, from_run_config
 from flbackdoor.data.cache import prepare
+from flbackdoor.evaluation import CentralEvaluator
 from flbackdoor.models import build_model
+from flbackdoor.results import ResultsWriter
+from flbackdoor.roles import Roles, roles_for
 from server import checkpoint
-from server.evaluation import CentralEvaluator
-from server.registry import identify
-from server.results import ResultsWriter
+from server.nodes import Membership, identify
 from server.rounds import RoundRunner, progress_line
-from server.strategies import build_strategy
 
 app = ServerApp()
+
+
+@dataclass
+class Run:
+    """What the phases share: the experiment, where it writes, and the model as it goes."""
+
+    cfg: ExperimentConfig
+    out_dir: Path
+    roles: Roles
+    evaluator: CentralEvaluator
+    defense: Defense
+    arrays: ArrayRecord
+    start_round: int = 0  # the round the (pre)trained model is at
+    experiment_start: int = 0  # the round the experiment's first round follows
+    done_round: int = 0  # the last round already on disk (resuming)
+    initial: dict = field(default_factory=dict)
+    pretrain: dict = field(default_factory=dict)
+    extra: dict = field(default_factory=dict)
 
 
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     started = time.monotonic()
-    # 1. The experiment, exactly as flbackdoor resolved it.
-    cfg, out_dir = from_run_config(context.run_config)
-    out_dir = out_dir or Path.cwd() / "flbackdoor-results"
-    torch.manual_seed(cfg.seed)
+    run = setup(context)
+    members = identify_nodes(grid, run)
+    runner = RoundRunner(grid, run.cfg, members, run.evaluator)
+    if not resume(run):
+        pretrain(run, runner)
+    writer = ResultsWriter(run.out_dir, run.cfg,
+                           keep_until=run.done_round if run.cfg.resume else None)
+    last = train(run, runner, writer)
+    if run.cfg.pruning.enabled:
+        post_training_defense(run, runner, writer, last)
+    summarize(run, writer, len(members.nodes), time.monotonic() - started)
 
-    # 2. Data (the cache exists already when flbackdoor launched us), roles, backdoor task.
+
+def setup(context: Context) -> Run:
+    """The experiment exactly as flbackdoor resolved it, its data (the cache exists already
+    when flbackdoor launched us), roles, backdoor task, defense and starting model."""
+    cfg, out_dir = from_run_config(context.run_config)
+    torch.manual_seed(cfg.seed)
     cache = prepare(cfg)
     roles = roles_for(cfg, cache)
     task = build_task(cfg, cache, roles)
     # ASR: the malicious nodes' backdoor task, else the outsider's poisoning trigger (if any).
     backdoor = task.test_set() if task else backdoor_test_set(cfg, cache)
     evaluator = CentralEvaluator(cfg, cache, backdoor)
-
-    # 3. The starting model: fresh, or a saved checkpoint (its round number carries on).
     d = cfg.dataset
     state = build_model(cfg.model, d.channels, d.image_size, d.num_classes).state_dict()
     start_round = 0
-    if cfg.checkpoint:
+    if cfg.checkpoint:  # a saved model; its round number carries on
         state, start_round = checkpoint.load(Path(cfg.checkpoint))
-    arrays = ArrayRecord(state)
-    initial = evaluator(state)
-    log(INFO, "initial global model (round %d): %s", start_round, initial)
+    run = Run(cfg, out_dir or Path.cwd() / "flbackdoor-results", roles, evaluator,
+              build_defense(cfg), ArrayRecord(state), start_round)
+    run.initial = evaluator(state)
+    log(INFO, "initial global model (round %d): %s", start_round, run.initial)
+    return run
 
-    # 4. Who is out there: partition id -> node (and its role).
-    s = cfg.server
-    nodes = identify(grid, cfg.num_clients, s.identify_timeout_s, s.poll_interval_s)
+
+def identify_nodes(grid: Grid, run: Run) -> Membership:
+    """Who is out there: partition id -> node (and its role)."""
+    s = run.cfg.server
+    nodes = identify(grid, run.cfg.num_clients, s.identify_timeout_s, s.poll_interval_s)
     if not nodes:
         raise RuntimeError("no node answered the identify query: nothing to train with")
     reported = tuple(sorted(p for p, n in nodes.items() if n.role == "malicious"))
-    if reported != tuple(sorted(roles.malicious)):
+    if reported != tuple(sorted(run.roles.malicious)):
         log(WARNING, "nodes report malicious partitions %s; the experiment assigns %s",
-            list(reported), sorted(roles.malicious))
-    noise = torch.Generator().manual_seed(cfg.seed)  # weak DP's noise: its state is saved
-    clip = cfg.defense.norm_bound if cfg.defense.name in (
-        "norm_clipping", "weak_dp", "flower_dp_fixed") else None
-    runner = RoundRunner(grid, cfg, nodes, evaluator, clip)
+            list(reported), sorted(run.roles.malicious))
+    return Membership(grid, nodes, run.cfg.num_clients, s.round_timeout_s, s.poll_interval_s)
 
-    # 5. Resuming: this run's last checkpoint (model, round, RNG state); the sampling, the
-    #    attacker schedule and every client's randomness are functions of (seed, round), so
-    #    nothing else needs saving.
-    resume_from = out_dir / "checkpoint.pt" if cfg.resume else None
-    pretrain: dict = {}
-    if resume_from is not None and resume_from.exists():
-        state, done_round = checkpoint.load(resume_from)
-        saved = checkpoint.load_extra(resume_from)
-        noise.set_state(saved["noise_rng"])
-        arrays, experiment_start = ArrayRecord(state), int(saved["experiment_start"])
-        pretrain = saved.get("pretrain", {})
-        log(INFO, "resuming %s after round %d", out_dir, done_round)
-    else:
-        if resume_from is not None:
-            log(WARNING, "resume=%s has no checkpoint.pt yet: starting over", out_dir)
-        # 6. Clean pretraining, trained once per clean setting and reused from data.cache_dir.
-        if cfg.pretrain_rounds:
-            path = checkpoint.pretrained_path(cfg)
-            if path.exists():
-                state, start_round = checkpoint.load(path)
-                arrays = ArrayRecord(state)
-                pretrain = {"reused": True}
-            else:
-                clean = build_strategy(cfg, noise, defended=False)
-                last = start_round + cfg.pretrain_rounds
-                for rnd in range(start_round + 1, last + 1):
-                    arrays, row = runner.run(rnd, arrays, clean, phase="pretrain",
+
+def resume(run: Run) -> bool:
+    """Continue this run's last checkpoint (model, round, defense state): the sampling, the
+    attacker schedule and every client's randomness are functions of (seed, round), so nothing
+    else needs saving. False when there is nothing to resume."""
+    path = run.out_dir / "checkpoint.pt"
+    if not run.cfg.resume:
+        return False
+    if not path.exists():
+        log(WARNING, "resume=%s has no checkpoint.pt yet: starting over", run.out_dir)
+        return False
+    state, run.done_round = checkpoint.load(path)
+    saved = checkpoint.load_extra(path)
+    run.defense.load_state_dict(saved.get("defense", {}))
+    run.arrays, run.experiment_start = ArrayRecord(state), int(saved["experiment_start"])
+    run.pretrain = saved.get("pretrain", {})
+    log(INFO, "resuming %s after round %d", run.out_dir, run.done_round)
+    return True
+
+
+def pretrain(run: Run, runner: RoundRunner) -> None:
+    """Clean rounds before the experiment, trained once per clean setting and reused from
+    data.cache_dir."""
+    cfg = run.cfg
+    if cfg.pretrain_rounds:
+        path = checkpoint.pretrained_path(cfg)
+        if path.exists():
+            state, run.start_round = checkpoint.load(path)
+            run.arrays = ArrayRecord(state)
+            run.pretrain = {"reused": True}
+        else:
+            clean = build_defense(cfg, defended=False)
+            last = run.start_round + cfg.pretrain_rounds
+            for rnd in range(run.start_round + 1, last + 1):
+                run.arrays, row = runner.run(rnd, run.arrays, clean, phase="pretrain",
                                              attacks_on=False)
-                    log(INFO, progress_line(row, last))
-                start_round = last
-                checkpoint.save(path, arrays.to_torch_state_dict(), start_round)
-                pretrain = {"reused": False}
-            pretrain.update(rounds=cfg.pretrain_rounds, checkpoint=str(path),
-                            **evaluator(arrays.to_torch_state_dict()))
-            log(INFO, "pretrained clean model: %s", pretrain)
-        experiment_start = done_round = start_round
+                log(INFO, progress_line(row, last))
+            run.start_round = last
+            checkpoint.save(path, run.arrays.to_torch_state_dict(), run.start_round)
+            run.pretrain = {"reused": False}
+        run.pretrain.update(rounds=cfg.pretrain_rounds, checkpoint=str(path),
+                            **run.evaluator(run.arrays.to_torch_state_dict()))
+        log(INFO, "pretrained clean model: %s", run.pretrain)
+    run.experiment_start = run.done_round = run.start_round
 
-    # 7. The experiment: rounds with attackers and defenses; a metrics row and (every
-    #    server.checkpoint_every rounds) a checkpoint each.
-    strategy = build_strategy(cfg, noise)
-    writer = ResultsWriter(out_dir, cfg, keep_until=done_round if cfg.resume else None)
-    last = experiment_start + cfg.num_rounds
-    for rnd in range(done_round + 1, last + 1):
-        arrays, row = runner.run(rnd, arrays, strategy)
+
+def train(run: Run, runner: RoundRunner, writer: ResultsWriter) -> int:
+    """The experiment: rounds with attackers and the defense; a metrics row and (every
+    server.checkpoint_every rounds) a checkpoint each. Returns the last round."""
+    cfg = run.cfg
+    last = run.experiment_start + cfg.num_rounds
+    for rnd in range(run.done_round + 1, last + 1):
+        run.arrays, row = runner.run(rnd, run.arrays, run.defense)
         writer.write_round(row)
         log(INFO, progress_line(row, last))
-        if (rnd - experiment_start) % s.checkpoint_every == 0 or rnd == last:
-            checkpoint.save(out_dir / "checkpoint.pt", arrays.to_torch_state_dict(), rnd,
-                            noise_rng=noise.get_state(), experiment_start=experiment_start,
-                            pretrain=pretrain)
+        if (rnd - run.experiment_start) % cfg.server.checkpoint_every == 0 or rnd == last:
+            checkpoint.save(run.out_dir / "checkpoint.pt", run.arrays.to_torch_state_dict(), rnd,
+                            defense=run.defense.state_dict(),
+                            experiment_start=run.experiment_start, pretrain=run.pretrain)
+    return last
 
-    # 8. Wu et al.'s defense after training: pruning rounds, extreme weights, fine-tuning.
-    #    The defended model (its channel mask included) goes to pruned.pt; checkpoint.pt stays
-    #    the trained model, the starting point for another defense run.
-    extra: dict = {}
-    if cfg.pruning.name != "none":
-        from server.pruning import PruningDefense, phase_block
 
-        trained = [r for r in writer.rows if r.get("phase") == "train"]
-        train_block = phase_block(trained[-1] if trained else {"round": last, **initial})
-        arrays, phases, saved = PruningDefense(cfg, runner, evaluator, cache,
-                                               writer).run(arrays, last, strategy)
-        extra["phases"] = {"train": train_block, **phases}
-        checkpoint.save(out_dir / "pruned.pt", arrays.to_torch_state_dict(),
-                        last + cfg.pruning.finetune_rounds, pruning=saved)
+def post_training_defense(run: Run, runner: RoundRunner, writer: ResultsWriter,
+                          last: int) -> None:
+    """Wu et al.'s defense after training: pruning rounds, extreme weights, fine-tuning. The
+    defended model (its channel mask included) goes to pruned.pt; checkpoint.pt stays the
+    trained model, the starting point for another defense run."""
+    from server.pruning import PruningDefense, phase_block
 
-    summary = writer.finish(time.monotonic() - started, initial=initial, pretrain=pretrain,
-                            num_nodes=len(nodes), roles={"malicious": list(roles.malicious),
-                                                         "targets": list(roles.targets),
-                                                         "poisoned": list(poisoned_partitions(
-                                                             cfg, roles.malicious))},
-                            **extra)
+    trained = [r for r in writer.rows if r.get("phase") == "train"]
+    train_block = phase_block(trained[-1] if trained else {"round": last, **run.initial})
+    run.arrays, phases, saved = PruningDefense(run.cfg, runner, run.evaluator, prepare(run.cfg),
+                                               writer).run(run.arrays, last, run.defense)
+    run.extra["phases"] = {"train": train_block, **phases}
+    checkpoint.save(run.out_dir / "pruned.pt", run.arrays.to_torch_state_dict(),
+                    last + run.cfg.pruning.finetune_rounds, pruning=saved)
+
+
+def summarize(run: Run, writer: ResultsWriter, num_nodes: int, wall_time_s: float) -> None:
+    """summary.json: the final row, the roles, and the defense's detection totals over the
+    attack rounds."""
+    attack_rounds = [r for r in writer.rows if r.get("phase") == "train" and "detector" in r
+                     and r.get("num_malicious", 0) > 0]
+    if attack_rounds:
+        run.extra["detection"] = (
+            totals([{k: r[f"detection_{k}"] for k in ("tp", "fp", "fn", "tn")}
+                    for r in attack_rounds]) if run.defense.detects
+            else {"detector": False, "rounds": len(attack_rounds)})
+    roles = {"malicious": list(run.roles.malicious), "targets": list(run.roles.targets),
+             "poisoned": list(poisoned_partitions(run.cfg, run.roles.malicious))}
+    summary = writer.finish(wall_time_s, initial=run.initial, pretrain=run.pretrain,
+                            num_nodes=num_nodes, roles=roles, **run.extra)
     log(INFO, "done: final %s after %d rounds in %.1fs (results in %s)",
         {k: v for k, v in summary["final"].items() if k.endswith("accuracy")},
-        summary["rounds"], summary["wall_time_s"], out_dir)
+        summary["rounds"], summary["wall_time_s"], run.out_dir)

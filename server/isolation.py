@@ -5,18 +5,18 @@ how well ABL finds poison)."""
 
 from __future__ import annotations
 
-from flwr.app import Message
+from flbackdoor import protocol as P
 
 
-def isolation_metrics(replies: list[Message]) -> dict:
-    records = [next(iter(m.content.metric_records.values())) for m in replies]
-    records = [r for r in records if "isolated_count" in r]
+def isolation_metrics(metrics: list[dict]) -> dict:
+    """From the valid replies' metric records."""
+    records = [r for r in metrics if P.ISOLATED_COUNT in r]
     if not records:
         return {}
-    isolated = sum(int(r["isolated_count"]) for r in records)
-    on_poisoned = [r for r in records if r.get("poisoned_count", 0) > 0]
-    hits = sum(int(r["isolated_poisoned"]) for r in on_poisoned)
-    picked = sum(int(r["isolated_count"]) for r in on_poisoned)
+    isolated = sum(int(r[P.ISOLATED_COUNT]) for r in records)
+    on_poisoned = [r for r in records if r.get(P.POISONED_COUNT, 0) > 0]
+    hits = sum(int(r[P.ISOLATED_POISONED]) for r in on_poisoned)
+    picked = sum(int(r[P.ISOLATED_COUNT]) for r in on_poisoned)
     return {"isolated_count": isolated,
             "isolation_precision": hits / picked if picked else None,
             "poisoned_clients": len(on_poisoned)}

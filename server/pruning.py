@@ -36,16 +36,17 @@ from defenses.pruning import (
     pruning_levels,
     stop_index,
 )
+from defenses.base import Defense
+from flbackdoor import protocol as P
 from flbackdoor.config import ExperimentConfig
 from flbackdoor.data.cache import load_train
 from flbackdoor.models import build_model
+from flbackdoor.rng import stream
 from flbackdoor.training import Normalizer, as_tensors, evaluate, pick_device
-from server.evaluation import CentralEvaluator
-from server.results import ResultsWriter
+from flbackdoor.evaluation import CentralEvaluator
+from flbackdoor.results import ResultsWriter
 from server.rounds import RoundRunner, progress_line
 
-ACTIVATIONS = "query.prune_activations"
-EVALUATE = "query.prune_evaluate"
 BLOCK_KEYS = ("round", "main_accuracy", "backdoor_accuracy", "neurons_pruned", "weights_zeroed")
 
 
@@ -88,26 +89,27 @@ class PruningDefense:
             # It never overlaps the test set the reported accuracies come from; the server does
             # not learn which client holds these images.
             x, y = load_train(cache)
-            keep = np.sort(np.random.default_rng([cfg.seed, 31337]).choice(
+            keep = np.sort(stream("pruning_validation", cfg.seed).choice(
                 len(y), min(self.p.validation_size, len(y)), replace=False))
             self.validation = as_tensors(np.asarray(x[keep]), np.asarray(y[keep]), self.device)
 
     # -- one wave of queries to every live node ------------------------------------------------
     def _ask(self, message_type: str, arrays: ArrayRecord, config: dict) -> list[Message]:
-        live = [n for p, n in sorted(self.runner.nodes.items()) if p not in self.runner.silent]
-        messages = [Message(RecordDict({"arrays": arrays, "config": ConfigRecord(config)}),
+        live = [n for _, n in sorted(self.runner.members.live().items())]
+        messages = [Message(RecordDict({P.ARRAYS: arrays, P.CONFIG: ConfigRecord(config)}),
                             dst_node_id=n.node_id, message_type=message_type) for n in live]
         wave = self.runner.send(messages)
         # Partition order: the aggregate does not depend on which reply came first.
-        return sorted(wave.ok, key=lambda m: self.runner.partition_of(m.metadata.src_node_id))
+        return sorted(wave.ok,
+                      key=lambda m: self.runner.members.partition_of(m.metadata.src_node_id))
 
     # -- the steps -------------------------------------------------------------------------------
     def vote(self, arrays: ArrayRecord, num_channels: int) -> tuple[list[int], int]:
         """The pruning order from the nodes' rankings or keep votes, and how many voted."""
-        replies = self._ask(ACTIVATIONS, arrays, {"mode": self.p.name, "rate": self.p.rate})
+        replies = self._ask(P.PRUNE_ACTIVATIONS, arrays, {"mode": self.p.name, "rate": self.p.rate})
         votes = []
         for msg in replies:
-            values = list(msg.content["vote"]["values"]) if "vote" in msg.content else None
+            values = list(msg.content[P.VOTE][P.VOTE_VALUES]) if P.VOTE in msg.content else None
             if valid_vote(values, num_channels, self.p.name):
                 votes.append(torch.tensor(values))
             else:
@@ -125,14 +127,14 @@ class PruningDefense:
                         self.cfg.server.eval_batch_size)[0]
 
     def _client_curve(self, arrays: ArrayRecord, spec: dict, size: int) -> list[float]:
-        replies = self._ask(EVALUATE, arrays, spec)
+        replies = self._ask(P.PRUNE_EVALUATE, arrays, spec)
         curves, weights = [], []
         for msg in replies:
-            report = msg.content["report"] if "report" in msg.content else {}
-            accs = list(report.get("accuracies", []))
+            report = msg.content[P.REPORT] if P.REPORT in msg.content else {}
+            accs = list(report.get(P.REPORT_ACCURACIES, []))
             if len(accs) == size and all(0.0 <= a <= 1.0 for a in accs):
                 curves.append(accs)
-                weights.append(float(report.get("num-examples", 1)))
+                weights.append(float(report.get(P.NUM_EXAMPLES, 1)))
             else:
                 log(WARNING, "accuracy report of node %s is malformed: ignored",
                     msg.metadata.src_node_id)
@@ -188,7 +190,8 @@ class PruningDefense:
                                      if k in BLOCK_KEYS + ("delta", "num_voters")})
         return row
 
-    def run(self, arrays: ArrayRecord, rnd: int, strategy) -> tuple[ArrayRecord, dict, dict]:
+    def run(self, arrays: ArrayRecord, rnd: int, defense: Defense
+            ) -> tuple[ArrayRecord, dict, dict]:
         """Prune, adjust, fine-tune, adjust; returns the final model, the summary's phase
         blocks and what the checkpoint keeps about the defense."""
         num_channels = len(arrays.to_torch_state_dict()["channel_mask"])
@@ -214,7 +217,7 @@ class PruningDefense:
             # aggregation, so no reply can un-prune a channel.
             last = rnd + self.p.finetune_rounds
             for r in range(rnd + 1, last + 1):
-                arrays, row = self.runner.run(r, arrays, strategy, phase="finetune")
+                arrays, row = self.runner.run(r, arrays, defense, phase="finetune")
                 row.update(neurons_pruned=n, weights_zeroed=0)
                 self.writer.write_round(row)
                 log(INFO, progress_line(row, last))

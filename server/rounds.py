@@ -1,9 +1,10 @@
 """One training round, from plan to metrics row: refresh who is alive, sample (schedule), one
-train wave, validate every reply, update statistics, aggregate (strategy), evaluate centrally.
+train wave, validate every reply, compute the updates once, aggregate (the run's defense),
+score the defense as a detector, evaluate centrally.
 
 A node that does not answer in ``server.round_timeout_s`` costs its round only its reply: the
 round aggregates the replies that came (at least ``server.min_replies``) and the silent node's
-partition is not sampled again until a node (re)claims it, e.g. a restarted SuperNode."""
+partition is not sampled again until a node (re)claims it (``server/nodes.py``)."""
 
 from __future__ import annotations
 
@@ -13,19 +14,26 @@ from logging import INFO, WARNING
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Strategy
 
+from defenses import detection
+from defenses.base import Defense, Updates
+from flbackdoor import protocol as P
 from flbackdoor.config import ExperimentConfig
+from flbackdoor.evaluation import CentralEvaluator
 from flbackdoor.models import SERVER_BUFFERS
-from flbackdoor.updates import difference, global_norm
-from server.evaluation import CentralEvaluator
+from flbackdoor.updates import add, difference, global_norm
 from server.isolation import isolation_metrics
 from server.messaging import Wave, send_and_collect, wave_window
-from server.registry import Node, ask_identity, merge
+from server.nodes import Membership
 from server.sampling import plan_round
-from server.strategies import SelectedNodes, reply_arrays
 from server.update_stats import update_statistics
 from server.validation import check_reply, expected_from
+
+
+def train_messages(rnd: int, arrays: ArrayRecord, node_ids: list[int]) -> list[Message]:
+    """The round's train message to each node: the global model and the round number."""
+    record = RecordDict({P.ARRAYS: arrays, P.CONFIG: ConfigRecord({P.SERVER_ROUND: rnd})})
+    return [Message(record, dst_node_id=n, message_type=P.TRAIN) for n in node_ids]
 
 
 def with_attacker_hints(messages: list[Message], attackers: set[int], hints: dict) -> list[Message]:
@@ -36,31 +44,58 @@ def with_attacker_hints(messages: list[Message], attackers: set[int], hints: dic
     for msg in messages:
         if msg.metadata.dst_node_id in attackers:
             content = RecordDict(dict(msg.content.items()))
-            content["config"] = ConfigRecord({**msg.content["config"], **hints})
+            content[P.CONFIG] = ConfigRecord({**msg.content[P.CONFIG], **hints})
             msg = Message(content, dst_node_id=msg.metadata.dst_node_id,
                           message_type=msg.metadata.message_type)
         out.append(msg)
     return out
 
 
-def keep_server_buffers(arrays: ArrayRecord, global_state: dict) -> ArrayRecord:
-    """``arrays`` with the server's own buffers (the pruning mask) as they were: no reply, noise
+def keep_server_buffers(state: dict, global_state: dict) -> dict:
+    """``state`` with the server's own buffers (the pruning mask) as they were: no reply, noise
     or robust aggregator may move them."""
-    kept = {k: global_state[k] for k in SERVER_BUFFERS if k in global_state}
-    if not kept:
-        return arrays
-    return ArrayRecord({**arrays.to_torch_state_dict(), **kept})
+    return {**state, **{k: global_state[k] for k in SERVER_BUFFERS if k in global_state}}
+
+
+def reply_arrays(msg: Message) -> ArrayRecord:
+    return next(iter(msg.content.array_records.values()))
+
+
+def reply_metrics(msg: Message) -> dict:
+    return dict(next(iter(msg.content.metric_records.values())))
+
+
+def mean_train_loss(metrics: list[dict]) -> float | None:
+    """The n_k-weighted mean of the replies' train losses."""
+    weights = [float(m[P.NUM_EXAMPLES]) for m in metrics]
+    if not metrics or P.TRAIN_LOSS not in metrics[0]:
+        return None
+    total = sum(weights)
+    loss = 0.0
+    for m, w in zip(metrics, weights):
+        loss += float(m[P.TRAIN_LOSS]) * (w / total)
+    return loss
+
+
+def detection_columns(defense: Defense, flagged: frozenset[int], malicious: set[int],
+                      reporting: list[int]) -> dict:
+    """The row's detection figures; a defense that flags nobody by design says so."""
+    if not defense.detects:
+        return {"flagged": [], "detector": False, "detection_precision": None,
+                "detection_recall": None, "detection_fpr": None}
+    s = detection.score(flagged, malicious, reporting)
+    return {"flagged": sorted(flagged), "detector": True,
+            **{f"detection_{k}": v for k, v in s.items()}}
 
 
 class RoundRunner:
-    def __init__(self, grid: Grid, cfg: ExperimentConfig, nodes: dict[int, Node],
-                 evaluator: CentralEvaluator, clip_bound: float | None) -> None:
-        self.grid, self.cfg, self.nodes, self.evaluator = grid, cfg, nodes, evaluator
-        self.clip_bound = clip_bound
-        self.silent: set[int] = set()  # partitions whose node missed a round
-        self.asked: set[int] = {n.node_id for n in nodes.values()}
+    def __init__(self, grid: Grid, cfg: ExperimentConfig, members: Membership,
+                 evaluator: CentralEvaluator) -> None:
+        self.grid, self.cfg, self.members, self.evaluator = grid, cfg, members, evaluator
         self.started = time.monotonic()
         self.window = wave_window(cfg)
+        # Rows score the defense as a detector only where there are attackers to detect.
+        self.scores_detection = cfg.attack.num_malicious > 0
 
     def send(self, messages: list) -> Wave:
         """One wave to the nodes: the round's training, or a defense's queries."""
@@ -68,34 +103,20 @@ class RoundRunner:
         return send_and_collect(self.grid, messages, s.round_timeout_s, s.poll_interval_s,
                                 self.window)
 
-    def partition_of(self, node_id: int) -> int | None:
-        return next((p for p, n in self.nodes.items() if n.node_id == node_id), None)
-
-    def refresh(self) -> None:
-        """Identify nodes that connected since the last round (new or restarted SuperNodes)."""
-        new = [n for n in self.grid.get_node_ids() if n not in self.asked]
-        if not new:
-            return
-        self.asked |= set(new)
-        s = self.cfg.server
-        found = ask_identity(self.grid, new, s.round_timeout_s, s.poll_interval_s)
-        for p in merge(self.nodes, found, self.cfg.num_clients, replaceable=self.silent):
-            self.silent.discard(p)
-            log(INFO, "partition %d is served by node %d", p, self.nodes[p].node_id)
-
     def _plan(self, rnd: int, attacks_on: bool) -> tuple[list[int], list[int]]:
         """This round's partitions among the live nodes, and the live malicious partitions."""
-        self.refresh()
-        live = {p: n for p, n in self.nodes.items() if p not in self.silent}
+        self.members.refresh()
+        live = self.members.live()
         benign = sorted(p for p, n in live.items() if n.role == "benign")
         malicious = sorted(p for p, n in live.items() if n.role == "malicious")
         plan = plan_round(rnd, benign, malicious, self.cfg.clients_per_round, self.cfg.attack,
                           self.cfg.seed, attacks_on)
         return plan, malicious
 
-    def run(self, rnd: int, arrays: ArrayRecord, strategy: Strategy, phase: str = "train",
+    def run(self, rnd: int, arrays: ArrayRecord, defense: Defense, phase: str = "train",
             attacks_on: bool = True) -> tuple[ArrayRecord, dict]:
         s = self.cfg.server
+        nodes = self.members.nodes
         t0 = time.monotonic()
         plan, malicious = self._plan(rnd, attacks_on)
         deadline = t0 + s.round_timeout_s
@@ -105,25 +126,20 @@ class RoundRunner:
         if not plan:
             log(WARNING, "round %d: no live node to train with", rnd)
         attackers = [p for p in plan if p in malicious]
-        messages = list(strategy.configure_train(
-            rnd, arrays, ConfigRecord(), SelectedNodes([self.nodes[p].node_id for p in plan])
-        )) if plan else []
+        messages = train_messages(rnd, arrays, [nodes[p].node_id for p in plan])
         if attackers:
             log(INFO, "round %d: malicious partitions sampled: %s", rnd, attackers)
-            hints = {"attack-round-examples": sum(self.nodes[p].num_examples for p in plan),
-                     "attack-num-attackers": len(attackers)}
-            messages = with_attacker_hints(
-                messages, {self.nodes[p].node_id for p in attackers}, hints)
+            hints = {P.ATTACK_ROUND_EXAMPLES: sum(nodes[p].num_examples for p in plan),
+                     P.ATTACK_NUM_ATTACKERS: len(attackers)}
+            messages = with_attacker_hints(messages, {nodes[p].node_id for p in attackers}, hints)
         sent = time.monotonic()
         wave = self.send(messages)
         wave_time = time.monotonic() - sent
-        for node_id in wave.missing:
-            if (p := self.partition_of(node_id)) is not None:
-                self.silent.add(p)
+        self.members.mark_silent(wave.missing)
         expected = expected_from(arrays, s.max_examples, s.max_update_bytes)
         replies, rejected = [], []
         for msg in wave.ok:
-            part = self.partition_of(msg.metadata.src_node_id)
+            part = self.members.partition_of(msg.metadata.src_node_id)
             reason = check_reply(msg.content, expected)
             if reason is None:
                 replies.append((part, msg))
@@ -131,21 +147,26 @@ class RoundRunner:
                 rejected.append({"partition": part, "reason": reason})
                 log(WARNING, "round %d: update of partition %s rejected: %s", rnd, part, reason)
         # Partition order, so the float sums do not depend on which reply came first.
-        replies = [m for _, m in sorted(replies, key=lambda pm: pm[0])]
+        replies.sort(key=lambda pm: pm[0])
+        partitions = [p for p, _ in replies]
         global_state = arrays.to_torch_state_dict()
-        norms = [global_norm(difference(reply_arrays(m).to_torch_state_dict(), global_state))
-                 for m in replies]
-        from_attacker = [self.partition_of(m.metadata.src_node_id) in malicious for m in replies]
-        stats = update_statistics(norms, from_attacker, self.clip_bound)
+        deltas = [difference(reply_arrays(m).to_torch_state_dict(), global_state)
+                  for _, m in replies]
+        metrics = [reply_metrics(m) for _, m in replies]
+        from_attacker = [p in malicious for p in partitions]
+        stats = update_statistics([global_norm(d) for d in deltas], from_attacker)
 
-        new_arrays, train_metrics = (None, None)
+        outcome = None
         if len(replies) >= s.min_replies:
-            new_arrays, train_metrics = strategy.aggregate_train(rnd, replies)
+            outcome = defense.aggregate(Updates(
+                deltas, [float(m[P.NUM_EXAMPLES]) for m in metrics], partitions, rnd,
+                len(messages)))
         else:
             log(INFO, "round %d: %d replies < server.min_replies=%d, model kept",
                 rnd, len(replies), s.min_replies)
-        if new_arrays is not None:
-            arrays = keep_server_buffers(new_arrays, global_state)
+        if outcome is not None and outcome.delta is not None:
+            new_state = add(global_state, outcome.delta, s.lr)
+            arrays = ArrayRecord(keep_server_buffers(new_state, global_state))
         row = {
             "round": rnd,
             "phase": phase,
@@ -155,14 +176,19 @@ class RoundRunner:
             "num_malicious": sum(from_attacker),
             "missing_nodes": len(wave.missing) + len(wave.errors),
             "rejected_updates": rejected,
-            "train_loss": float(train_metrics["train_loss"])
-            if train_metrics and "train_loss" in train_metrics else None,
+            "train_loss": mean_train_loss(metrics) if outcome is not None else None,
+            "fraction_clipped": None,
             **stats,
-            **isolation_metrics(replies),
+            **(outcome.stats if outcome is not None else {}),
+            **isolation_metrics(metrics),
             "wave_time_s": wave_time,  # push to last reply: the clients' work plus Flower's
             "round_time_s": time.monotonic() - t0,
             "wall_time_s": time.monotonic() - self.started,
         }
+        if self.scores_detection and outcome is not None:
+            row.update(detection_columns(defense, outcome.flagged,
+                                         {p for p, bad in zip(partitions, from_attacker) if bad},
+                                         partitions))
         return arrays, row
 
 

@@ -14,9 +14,10 @@ Schedules (Sun et al. section 2, readings in DESIGN.md):
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 
-from flbackdoor.config import AttackConfig
 
 
 def _rng(seed: int, server_round: int) -> np.random.Generator:
@@ -35,7 +36,7 @@ def is_attack_round(server_round: int, frequency: int) -> bool:
 
 
 def plan_round(server_round: int, benign: list[int], malicious: list[int], k: int,
-               attack: AttackConfig, seed: int, attacks_on: bool = True) -> list[int]:
+               attack: Any, seed: int, attacks_on: bool = True) -> list[int]:
     """The partitions that train in ``server_round``."""
     if not attacks_on or attack.schedule == "none" or not malicious:
         return sample_partitions(benign, k, seed, server_round)

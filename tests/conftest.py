@@ -13,6 +13,15 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
 
 
+def attack_config(**fields):
+    """One attack option's typed config, as Hydra's ``attack=<name>`` plus overrides would
+    give it (the name defaults to ``none``)."""
+    from flbackdoor.registries import ATTACKS
+    from flbackdoor.registry import option_config
+
+    return option_config(ATTACKS, {"name": "none", **fields})
+
+
 def _has_mnist() -> bool:
     return (SHARED_DATA / "MNIST" / "raw" / "train-images-idx3-ubyte").exists()
 
@@ -31,7 +40,7 @@ def flbackdoor(args: list[str], timeout: float = 600, env: dict | None = None,
                **popen) -> subprocess.CompletedProcess:
     """Run the real ``flbackdoor`` command (Hydra app) in a fresh Python process."""
     return subprocess.run(
-        [sys.executable, "-m", "flbackdoor.cli", *args], cwd=REPO, capture_output=True, text=True,
+        [sys.executable, "-m", "launcher.cli", *args], cwd=REPO, capture_output=True, text=True,
         timeout=timeout, env={**os.environ, **(env or {})}, **popen)
 
 

@@ -148,9 +148,8 @@ def test_client_defense_config_errors(change, message):
 
 
 def test_centralized_mode_takes_no_attack():
-    cfg = ExperimentConfig()
+    cfg = ExperimentConfig(attack={"name": "boosted", "schedule": "random"})
     cfg.federation.mode = "centralized"
-    cfg.attack.name, cfg.attack.num_malicious, cfg.attack.schedule = "boosted", 1, "random"
     with pytest.raises(ConfigError, match="needs a federation"):
         validate(cfg)
 
@@ -205,7 +204,7 @@ def test_presets_compose_and_paper_scale_repeats_the_cifar_groups_exactly():
     import yaml
     from hydra import compose, initialize_config_dir
 
-    from flbackdoor.cli import CONF_DIR, resolve
+    from launcher.cli import CONF_DIR, resolve
 
     def composed(*overrides):
         with initialize_config_dir(str(CONF_DIR), version_base="1.3"):

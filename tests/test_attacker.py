@@ -7,12 +7,16 @@ import numpy as np
 import pytest
 import torch
 
-from attacker.crafting import attack_boost, craft_update
+from attacker.base import TrainJob
+from attacker.boosted import Boosted
+from attacker.crafting import craft_update
+from attacker.data_poisoning import DataPoisoning
 from attacker.replacement import boost, boost_factor, project_l2
-from attacker.roles import assign_roles
-from attacker.tasks import SemanticTask, TriggerTask
+from flbackdoor.roles import assign_roles
+from attacker.tasks import PixelPatternTask, SemanticTask
 from attacker.triggers import dba_pattern, pixel_pattern, stamp
-from flbackdoor.config import AttackConfig, DataConfig, ExperimentConfig, ModelConfig
+from conftest import attack_config as AttackConfig
+from flbackdoor.config import DataConfig, ExperimentConfig, ModelConfig
 from flbackdoor.data.cache import load_partition, load_test, prepare
 from flbackdoor.models import build_model
 from flbackdoor.updates import difference, global_norm
@@ -43,19 +47,20 @@ def test_projection_lands_inside_the_ball(radius):
 
 
 def test_attack_boost_sources():
-    cfg = ExperimentConfig(attack=AttackConfig(name="boosted"))
     hints = {"attack-round-examples": 3000, "attack-num-attackers": 2}
-    assert attack_boost(cfg, hints, 100) == pytest.approx(15.0)
+    job = TrainJob(*[None] * 6, hints, *[None] * 4)
+    cfg = ExperimentConfig(attack=AttackConfig(name="boosted"))
+    assert Boosted(cfg).boost(job, 100) == pytest.approx(15.0)
     fixed = ExperimentConfig(attack=AttackConfig(name="boosted", boost_factor=3.0))
-    assert attack_boost(fixed, hints, 100) == 3.0
+    assert Boosted(fixed).boost(job, 100) == 3.0
     plain = ExperimentConfig(attack=AttackConfig(name="data_poisoning"))
-    assert attack_boost(plain, hints, 100) == 1.0
+    assert DataPoisoning(plain).boost(job, 100) is None
 
 
-def _tiny(name: str, norm_bound: float = 1.0):
+def _tiny(name: str, **fields):
     cfg = ExperimentConfig(model=ModelConfig(name="wu_mnist_cnn", conv_channels=[4, 8], hidden=[16]),
-                           attack=AttackConfig(name=name, norm_bound=norm_bound))
-    cfg.client.epochs, cfg.client.lr = 2, 0.1
+                           attack=AttackConfig(name=name, **fields))
+    cfg.client.epochs, cfg.attack.epochs, cfg.client.lr = 2, 2, 0.1
     model = build_model(cfg.model, 1, 28, 10)
     rng = np.random.default_rng(0)
     local = (rng.integers(0, 256, (64, 1, 28, 28), dtype=np.uint8), rng.integers(0, 10, 64))
@@ -70,7 +75,7 @@ def test_norm_bounded_update_has_norm_at_most_M(factor, mix):
     cfg.attack.data_mix = mix
     start = {k: v.clone() for k, v in model.state_dict().items()}
     sent, _ = craft_update(model, start, local, poison, cfg, factor, torch.device("cpu"),
-                           torch.Generator().manual_seed(0))
+                           torch.Generator().manual_seed(0), radius=2.0 / factor)
     assert global_norm(difference(sent, start)) <= 2.0 * (1 + 1e-4)
 
 
@@ -141,7 +146,7 @@ def test_pixel_task_poisons_only_victims_and_test_set_excludes_target(mnist_cach
     cfg = dataclasses.replace(cfg, attack=AttackConfig(name="boosted", task="pixel_pattern",
                                                        source_label=9, target_label=1,
                                                        pattern_pixels=5))
-    task = TriggerTask(cfg, folder)
+    task = PixelPatternTask(cfg, folder, None)
     x, y = load_partition(folder, 0)
     px, py = task.poison(x, y, 0)
     assert len(px) == int((np.asarray(y) == 9).sum()) and set(py) == {1}
@@ -158,7 +163,7 @@ def test_semantic_task_is_the_target_partitions_source_images(mnist_cache):
     cfg, folder = mnist_cache
     cfg = dataclasses.replace(cfg, attack=AttackConfig(name="boosted", source_label=7,
                                                        target_label=1))
-    from attacker.roles import Roles
+    from flbackdoor.roles import Roles
     task = SemanticTask(cfg, folder, Roles(malicious=(0,), targets=(2, 4)))
     sevens = sum(int((np.asarray(load_partition(folder, p)[1]) == 7).sum()) for p in (2, 4))
     x, y = task.test_set()

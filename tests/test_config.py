@@ -7,7 +7,7 @@ from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
 from omegaconf import OmegaConf
 
-from flbackdoor.cli import CONF_DIR, resolve
+from launcher.cli import CONF_DIR, resolve
 from flbackdoor.config import ConfigError, ExperimentConfig, from_json, to_json, validate
 
 from conftest import flbackdoor
@@ -31,7 +31,7 @@ def test_json_round_trip_is_lossless():
 
 
 @pytest.mark.parametrize("override, message", [
-    ("dataset.name=svhn", "dataset.name='svhn' is not one of"),
+    ("dataset.name=svhn", "dataset='svhn' is not registered; registered: cifar10,"),
     ("client.lr=-0.1", "client.lr=-0.1 must be positive"),
     ("clients_per_round=11", "clients_per_round=11 must be between 1 and num_clients=10"),
     ("num_rounds=0", "num_rounds=0 must be at least 1"),
@@ -42,11 +42,17 @@ def test_json_round_trip_is_lossless():
     ("federation=remote", "federation=remote needs federation.address"),
     ("attack=boosted attack.schedule=none", "needs attack.schedule"),
     ("attack=boosted attack.num_malicious=0", "needs attack.num_malicious between 1"),
-    ("attack.source_label=1 attack.target_label=1", "must be different labels"),
-    ("attack.malformed_kind=garbage", "attack.malformed_kind='garbage' is not one of"),
+    ("attack=boosted attack.source_label=1 attack.target_label=1", "must be different labels"),
+    ("attack=malformed attack.malformed_kind=garbage",
+     "attack.malformed_kind='garbage' is not one of"),
+    ("attack=boosted attack.task=edge_case", "attack.task='edge_case' is not registered"),
+    ("attack=boosted attack.boost_factor=big", "attack=boosted: Value 'big' of type"),
+    ("+attack.surprise=1", "attack=none: Key 'surprise' not in"),
+    ("attack=none attack.num_malicious=2", "attack=none has no malicious nodes"),
     ("defense=bulyan defense.num_malicious=2", "defense=bulyan needs clients_per_round >= 4"),
     ("defense=krum defense.num_malicious=4", "defense=krum needs clients_per_round >"),
-    ("defense.trim_fraction=0.5", "defense.trim_fraction=0.5 must be in [0, 0.5)"),
+    ("defense=fedtrimmedavg defense.trim_fraction=0.5",
+     "defense.trim_fraction=0.5 must be in [0, 0.5)"),
     ("server.max_examples=0", "server.max_examples=0 must be at least 1"),
     ("checkpoint=/nonexistent.pt", "checkpoint=/nonexistent.pt is not a file"),
     ("resume=/nonexistent", "resume=/nonexistent is not a run folder"),
@@ -71,6 +77,8 @@ def test_wrong_type_and_unknown_group_rejected_by_hydra_schema():
         composed("dataset=svhn")
     with pytest.raises(Exception, match="not_a_key"):
         composed("client.not_a_key=1")
+    with pytest.raises(ConfigCompositionException, match="attack.norm_bound"):
+        composed("attack=boosted", "attack.norm_bound=3")  # a field of norm_bounded only
 
 
 def test_from_dict_rejects_unknown_keys():

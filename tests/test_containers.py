@@ -23,13 +23,13 @@ from cryptography.hazmat.primitives.serialization import load_ssh_private_key, l
 
 from conftest import REPO
 from flbackdoor.config import ConfigError, ExperimentConfig, validate
-from flbackdoor.federation.compose import compose_file, gpu_file, render, roles_of
-from flbackdoor.federation.docker import GPU_REQUEST, HostPaths, container_specs, engine
-from flbackdoor.federation.services import IMAGE, federation_services
-from flbackdoor.federation.submit import RunFailed
-from flbackdoor.federation.tls import san_entries
-from flbackdoor.federation.tls_cli import main as tls_main
-from flbackdoor.federation.tls_cli import make
+from launcher.federation.compose import compose_file, gpu_file, render, roles_of
+from launcher.federation.docker import GPU_REQUEST, HostPaths, container_specs, engine
+from launcher.federation.services import IMAGE, federation_services
+from launcher.federation.submit import RunFailed
+from launcher.federation.tls import san_entries
+from launcher.federation.tls_cli import main as tls_main
+from launcher.federation.tls_cli import make
 
 ROLES = roles_of(4, 1)  # what the committed docker-compose.yml holds
 
@@ -133,7 +133,7 @@ def test_runner_submits_a_valid_experiment(cpu_compose):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    from flbackdoor.cli import CONF_DIR  # registers the schema with Hydra
+    from launcher.cli import CONF_DIR  # registers the schema with Hydra
 
     cmd = cpu_compose["services"]["runner"]["command"]
     assert cmd[0] == "flbackdoor"
@@ -254,7 +254,7 @@ def test_tls_cli_needs_a_san(tmp_path, capsys):
 
 def test_services_use_one_command_source():
     """The compose services' commands are the local launcher's commands, only with TLS."""
-    from flbackdoor.federation.local import supernode_cmd
+    from launcher.federation.local import supernode_cmd
 
     plain = federation_services(["benign"], tls=False)[1].command
     local = supernode_cmd("superlink", 9092, 9094, 0, 1, "benign")
@@ -264,7 +264,7 @@ def test_services_use_one_command_source():
 
 def test_flbackdoor_compose_writes_other_federations(tmp_path, capsys):
     """Other counts and roles, and the plaintext variant, validate too."""
-    from flbackdoor.federation.compose import main as compose_main
+    from launcher.federation.compose import main as compose_main
 
     compose_main(["--dir", str(tmp_path), "--nodes", "2", "--malicious", "0", "--insecure",
                   "num_rounds=1"])

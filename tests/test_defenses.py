@@ -1,25 +1,27 @@
-"""Server-side defenses: clipping, the weak-DP noise placement, and the strategies' glue."""
+"""Server-side defenses: each one's paper math on tiny tensors, the flagged sets of the
+selecting ones, the detection scorer, and the registry's contract for every defense."""
 
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 
-from defenses.clipping import clip_all, clipped_mean
+from defenses import detection
+from defenses.base import Updates, build_defense
+from defenses.bulyan import bulyan_select, closest_to_median_mean
+from defenses.fedmedian import coordinate_median
+from defenses.fedtrimmedavg import trimmed_mean
+from defenses.krum import krum_scores, multikrum_select
+from defenses.norm_clipping import clip_all, clipped_mean
 from defenses.weak_dp import noisy_clipped_mean
-from flbackdoor.config import DefenseConfig, ExperimentConfig
-from flbackdoor.updates import clip_to_norm, global_norm
-from server.strategies import SelectedNodes, ServerLRFedAvg, WithServerLR, build_strategy
+from flbackdoor.config import ConfigError, ExperimentConfig, validate
+from flbackdoor.registries import DEFENSES
+from flbackdoor.updates import clip_to_norm, flatten, global_norm
 
 
-@pytest.fixture(autouse=True)
-def run_identity(monkeypatch):
-    """Messages need the run identity a ServerApp process gets from its SuperLink; these unit
-    tests build messages outside a run, so they set one."""
-    from flwr.supercore.task_identity import TaskIdentity
-    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_node_id", 1)
-    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+def _updates(rows: list[list[float]], weights=None, partitions=None) -> Updates:
+    deltas = [{"x": torch.tensor(r)} for r in rows]
+    n = len(rows)
+    return Updates(deltas, weights or [1.0] * n, partitions or list(range(n)), 1, n)
 
 
 def test_clip_bounds_norm_and_keeps_small_updates():
@@ -51,46 +53,119 @@ def test_weak_dp_noise_goes_on_the_sum_then_divides_by_m():
     assert global_norm({"x": exact}) == pytest.approx(5.0, rel=1e-6)
 
 
-def _reply(arrays: dict, n: int, node: int) -> Message:
-    ask = Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=node, message_type="train")
-    content = RecordDict({"arrays": ArrayRecord(arrays),
-                          "metrics": MetricRecord({"num-examples": n, "train_loss": 0.0})})
-    return Message(content, reply_to=ask)
+def test_krum_scores_sum_the_n_minus_f_minus_2_nearest_squared_distances():
+    flat = torch.tensor([[0.0], [1.0], [3.0], [10.0]])
+    # n = 4, f = 1: one nearest neighbour each.
+    assert krum_scores(flat, 1).tolist() == [1.0, 1.0, 4.0, 49.0]
+    # f = 0: two nearest.
+    assert krum_scores(flat, 0).tolist() == [1.0 + 9.0, 1.0 + 4.0, 4.0 + 9.0, 49.0 + 81.0]
+    assert multikrum_select(flat, 1, 2) == [0, 1]
 
 
-def test_server_lr_fedavg_aggregates_deltas_with_eta():
-    strategy = ServerLRFedAvg(server_lr=0.5)
-    w0 = {"x": torch.zeros(2)}
-    msgs = list(strategy.configure_train(1, ArrayRecord(w0), ConfigRecord(), SelectedNodes([7, 9])))
-    assert sorted(m.metadata.dst_node_id for m in msgs) == [7, 9]
-    arrays, metrics = strategy.aggregate_train(1, [_reply({"x": torch.tensor([2.0, 0.0])}, 1, 7),
-                                                   _reply({"x": torch.tensor([0.0, 4.0])}, 3, 9)])
-    assert torch.allclose(arrays.to_torch_state_dict()["x"], torch.tensor([0.25, 1.5]))
+def test_krum_and_multikrum_flag_what_they_leave_out():
+    rows = [[0.1, 0.0], [0.0, 0.1], [0.1, 0.1], [0.05, 0.05], [0.0, 0.0], [9.0, 9.0], [0.1, 0.05]]
+    up = _updates(rows, partitions=[10, 11, 12, 13, 14, 15, 16])
+    cfg = validate(ExperimentConfig(clients_per_round=7, num_clients=7,
+                                    defense={"name": "krum", "num_malicious": 1}))
+    out = build_defense(cfg).aggregate(up)
+    assert len(out.flagged) == 6 and 15 in out.flagged
+    cfg = validate(ExperimentConfig(clients_per_round=7, num_clients=7, defense={
+        "name": "multikrum", "num_malicious": 1, "num_nodes_to_select": 5}))
+    out = build_defense(cfg).aggregate(up)
+    assert 15 in out.flagged and len(out.flagged) == 2
+    assert out.delta["x"].abs().max() < 0.2
 
 
-@pytest.mark.parametrize("name", ["krum", "multikrum", "bulyan", "fedmedian", "fedtrimmedavg",
-                                  "flower_dp_fixed"])
-def test_flower_strategies_run_on_our_planned_nodes(name):
-    cfg = ExperimentConfig(clients_per_round=7, defense=DefenseConfig(name=name, num_malicious=1,
-                                                                     num_nodes_to_select=3))
-    strategy = build_strategy(cfg, torch.Generator().manual_seed(0))
-    assert isinstance(strategy, WithServerLR)
-    w0 = {"x": torch.zeros(3)}
-    nodes = list(range(11, 18))
-    msgs = list(strategy.configure_train(1, ArrayRecord(w0), ConfigRecord(), SelectedNodes(nodes)))
-    assert sorted(m.metadata.dst_node_id for m in msgs) == nodes
-    # Nonzero updates: Flower 1.39's DP clipping divides by the update norm (0 crashes it).
-    replies = [_reply({"x": torch.full((3,), 0.1 * i)}, 10, n) for i, n in enumerate(nodes, 1)]
-    replies[-1] = _reply({"x": torch.full((3,), 100.0)}, 10, nodes[-1])  # one wild update
-    arrays, _ = strategy.aggregate_train(1, replies)
-    out = arrays.to_torch_state_dict()["x"]
-    assert torch.isfinite(out).all()
-    if name != "flower_dp_fixed":  # robust aggregators ignore the outlier
-        assert out.abs().max() < 1.0
+def test_bulyan_iterated_krum_then_mean_of_the_beta_closest_to_the_median():
+    flat = torch.tensor([[0.0], [1.0], [2.0], [3.0], [4.0], [5.0], [100.0]])
+    chosen = bulyan_select(flat, 1)  # theta = n - 2f = 5
+    assert len(chosen) == 5 and 6 not in chosen
+    # beta = theta - 2f = 3 closest to the median 2 of [0, 1, 2, 3, 4] -> 1, 2, 3
+    assert closest_to_median_mean(flat[sorted(chosen)], 3).item() == pytest.approx(2.0)
+    sel = torch.tensor([[0.0, 10.0], [1.0, 0.0], [5.0, 1.0]])
+    assert closest_to_median_mean(sel, 2).tolist() == pytest.approx([0.5, 0.5])
 
 
-def test_defense_none_and_sun_defenses_use_our_fedavg():
-    g = torch.Generator()
-    for name in ["none", "norm_clipping", "weak_dp"]:
-        assert isinstance(build_strategy(ExperimentConfig(defense=DefenseConfig(name=name)), g),
-                          ServerLRFedAvg)
+def test_median_and_trimmed_mean_per_coordinate():
+    flat = torch.tensor([[1.0, 10.0], [2.0, -5.0], [100.0, 0.0], [3.0, 1.0]])
+    assert coordinate_median(flat).tolist() == [2.5, 0.5]
+    assert coordinate_median(flat[:3]).tolist() == [2.0, 0.0]
+    # beta 0.25 of 4: drop one at each end
+    assert trimmed_mean(flat, 0.25).tolist() == [2.5, 0.5]
+
+
+def test_fixed_clipping_dp_noise_std_is_z_c_over_m():
+    cfg = validate(ExperimentConfig(clients_per_round=4, num_clients=4, defense={
+        "name": "flower_dp_fixed", "norm_bound": 2.0, "noise_multiplier": 0.5}))
+    d = build_defense(cfg)
+    n = 100_000
+    up = Updates([{"x": torch.zeros(n)}] * 4, [1.0] * 4, [0, 1, 2, 3], 1, 4)
+    assert d.aggregate(up).delta["x"].std().item() == pytest.approx(0.5 * 2.0 / 4, rel=0.02)
+
+
+def test_noise_state_survives_a_checkpoint():
+    cfg = validate(ExperimentConfig(defense={"name": "weak_dp"}))
+    up = _updates([[0.0] * 5, [1.0] * 5])
+    a = build_defense(cfg)
+    a.aggregate(up)
+    saved = a.state_dict()
+    expected = a.aggregate(up).delta["x"]
+    b = build_defense(cfg)
+    b.load_state_dict(saved)
+    assert torch.equal(b.aggregate(up).delta["x"], expected)
+
+
+@pytest.mark.parametrize("name", DEFENSES.names())
+def test_every_defense_aggregates_finite_and_reports_its_verdict(name):
+    cfg = validate(ExperimentConfig(clients_per_round=7, num_clients=7,
+                                    defense={"name": name}))
+    d = build_defense(cfg)
+    rows = [[0.1 * i, -0.1 * i, 0.05] for i in range(1, 7)] + [[50.0, 50.0, 50.0]]
+    out = d.aggregate(_updates(rows, weights=[10.0] * 7))
+    assert torch.isfinite(out.delta["x"]).all()
+    assert d.detects or out.flagged == frozenset()
+    if name in ("krum", "multikrum", "bulyan", "fedmedian", "fedtrimmedavg", "norm_clipping",
+                "weak_dp"):  # the wild update does not carry the aggregate
+        assert out.delta["x"].abs().max() < 8.0
+    if d.detects:
+        assert 6 in out.flagged
+
+
+def test_an_unknown_defense_fails_in_one_line_listing_the_registered():
+    with pytest.raises(ConfigError) as err:
+        ExperimentConfig(defense={"name": "flame2"})
+    assert "defense='flame2' is not registered; registered: bulyan," in str(err.value)
+    assert "\n" not in str(err.value)
+    with pytest.raises(ConfigError, match="num_nodes_to_selec"):
+        ExperimentConfig(defense={"name": "krum", "num_nodes_to_selec": 3})
+
+
+# -- the detection scorer ---------------------------------------------------------------------
+
+def test_detection_nobody_flagged():
+    s = detection.score(set(), {3}, [1, 2, 3])
+    assert (s["precision"], s["recall"], s["fpr"]) == (None, 0.0, 0.0)
+
+
+def test_detection_no_attacker_in_the_round():
+    s = detection.score({2}, set(), [1, 2, 3])
+    assert (s["precision"], s["recall"], s["fpr"]) == (0.0, None, pytest.approx(1 / 3))
+
+
+def test_detection_everybody_flagged():
+    s = detection.score({1, 2, 3, 4}, {3, 4}, [1, 2, 3, 4])
+    assert (s["precision"], s["recall"], s["fpr"]) == (0.5, 1.0, 1.0)
+
+
+def test_detection_attacker_absent_from_the_replies():
+    # Attacker 9 was sampled but its reply never came: neither caught nor missed.
+    s = detection.score({9, 1}, {9}, [1, 2, 3])
+    assert (s["tp"], s["fp"], s["fn"], s["tn"]) == (0, 1, 0, 2)
+    assert (s["precision"], s["recall"]) == (0.0, None)
+
+
+def test_detection_totals_sum_counts_before_dividing():
+    rounds = [detection.score({3}, {3}, [1, 2, 3]), detection.score({1}, {3}, [1, 2, 3])]
+    t = detection.totals(rounds)
+    assert (t["tp"], t["fp"], t["fn"], t["tn"]) == (1, 1, 1, 3)
+    assert (t["precision"], t["recall"], t["fpr"]) == (0.5, 0.5, 0.25)

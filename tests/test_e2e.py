@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from server.results import read_metrics
+from flbackdoor.results import read_metrics
 
 from conftest import REPO, SHARED_DATA, flbackdoor, flower_processes, requires_shared_data
 
@@ -98,7 +98,7 @@ def test_failed_run_exits_nonzero_and_stops_everything(tmp_path, cache_dir):
 
 def test_ctrl_c_stops_every_process(tmp_path, cache_dir):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "flbackdoor.cli", *small(cache_dir, "num_rounds=50",
+        [sys.executable, "-m", "launcher.cli", *small(cache_dir, "num_rounds=50",
                                                         f"hydra.run.dir={tmp_path}")],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
         # A shell starting pytest in the background (`pytest &`) makes it ignore SIGINT, and
@@ -122,8 +122,8 @@ def test_ctrl_c_stops_every_process(tmp_path, cache_dir):
 def test_remote_superlink_started_by_hand(tmp_path, cache_dir):
     """The README's multi-machine commands, on one machine: a user starts the SuperLink and
     SuperNodes themselves, then submits with federation=remote."""
-    from flbackdoor.federation.processes import ProcessGroup, free_port, port_open
-    from flbackdoor.federation.submit import flwr_env
+    from launcher.federation.processes import ProcessGroup, free_port, port_open
+    from launcher.federation.submit import flwr_env
 
     fleet, http = free_port(), free_port()
     env = flwr_env(tmp_path / "server_home")

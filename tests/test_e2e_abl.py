@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from server.results import read_metrics
+from flbackdoor.results import read_metrics
 
 from conftest import SHARED_DATA, flbackdoor, requires_shared_data
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from server.results import read_metrics
+from flbackdoor.results import read_metrics
 
 from conftest import REPO, SHARED_DATA, flbackdoor, flower_processes, requires_shared_data
 
@@ -62,10 +62,10 @@ def test_supernodes_killed_mid_round_cost_only_their_replies(tmp_path, cache_dir
     """Three trials: in rounds 2-4 one SuperNode (each of the three once) is killed (SIGKILL)
     as the round starts and restarted right away as a new process; the run completes with every
     round aggregated."""
-    from flbackdoor.federation.processes import free_port
+    from launcher.federation.processes import free_port
 
     proc = subprocess.Popen(
-        [sys.executable, "-m", "flbackdoor.cli",
+        [sys.executable, "-m", "launcher.cli",
          *base(cache_dir, tmp_path, "num_rounds=4", "server.round_timeout_s=15")],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     restarted: list[subprocess.Popen] = []
@@ -107,7 +107,7 @@ def test_resume_after_a_kill_reproduces_the_uninterrupted_run(tmp_path, cache_di
     assert full.returncode == 0, full.stderr[-3000:]
 
     run = tmp_path / "killed"
-    proc = subprocess.Popen([sys.executable, "-m", "flbackdoor.cli", *base(cache_dir, run, *args)],
+    proc = subprocess.Popen([sys.executable, "-m", "launcher.cli", *base(cache_dir, run, *args)],
                             cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     assert proc.stdout is not None
     for line in proc.stdout:

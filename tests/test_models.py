@@ -3,7 +3,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from flbackdoor.cli import CONF_DIR
+from launcher.cli import CONF_DIR
 from flbackdoor.config import ModelConfig
 from flbackdoor.models import build_model
 

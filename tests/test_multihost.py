@@ -16,13 +16,13 @@ import time
 import pytest
 
 from conftest import REPO, SHARED_DATA, requires_shared_data
-from flbackdoor.federation import commands
-from flbackdoor.federation.commands import CONTROL_PORT, FLEET_PORT, NODE_PORT, Tls, node_name
-from flbackdoor.federation.processes import ProcessGroup
-from flbackdoor.federation.submit import flwr_bin, flwr_env
-from flbackdoor.federation.tls import ServerCerts, write_node_key
-from flbackdoor.federation.tls_cli import make
-from server.results import read_metrics
+from launcher.federation import commands
+from launcher.federation.commands import CONTROL_PORT, FLEET_PORT, NODE_PORT, Tls, node_name
+from launcher.federation.processes import ProcessGroup
+from launcher.federation.submit import flwr_bin, flwr_env
+from launcher.federation.tls import ServerCerts, write_node_key
+from launcher.federation.tls_cli import make
+from flbackdoor.results import read_metrics
 
 pytestmark = [requires_shared_data, pytest.mark.e2e]
 
@@ -156,7 +156,7 @@ def test_tls_node_auth_federation_across_namespaces(hosts, tmp_path, cache_dir):
 
         run_dir = tmp_path / "run"
         res = subprocess.run(
-            ["ip", "netns", "exec", hosts.ns("operator"), sys.executable, "-m", "flbackdoor.cli",
+            ["ip", "netns", "exec", hosts.ns("operator"), sys.executable, "-m", "launcher.cli",
              "federation=remote", f"federation.address={sl}:{CONTROL_PORT}",
              "federation.insecure=false", f"federation.root_certificates={server.ca}",
              f"data.root={SHARED_DATA}", f"data.cache_dir={cache_dir}", "num_clients=3",

@@ -1,6 +1,6 @@
 import json
 
-from flbackdoor.plot import default_labels, plot_runs, run_dirs
+from launcher.plot import default_labels, plot_runs, run_dirs
 
 
 def _run(folder, overrides, backdoor=True):

@@ -187,7 +187,7 @@ def test_defense_only_run_may_train_no_round():
 def test_paper_style_table_rows_and_means(tmp_path):
     import json
 
-    from flbackdoor.pruning_table import main
+    from launcher.pruning_table import main
 
     for vic, atk, asr in ((9, 0, 0.02), (3, 9, 0.10)):
         run = tmp_path / f"honest_{vic}_{atk}"

@@ -1,6 +1,6 @@
 import numpy as np
 
-from flbackdoor.config import AttackConfig
+from conftest import attack_config as AttackConfig
 from server.sampling import is_attack_round, plan_round, sample_partitions
 from server.update_stats import update_statistics
 
@@ -52,7 +52,6 @@ def test_no_schedule_or_attacks_off_means_benign_only():
 
 
 def test_update_statistics():
-    stats = update_statistics([1.0, 2.0, 3.0, 50.0], [False, False, False, True], clip_bound=2.5)
+    stats = update_statistics([1.0, 2.0, 3.0, 50.0], [False, False, False, True])
     assert stats["benign_norm_p50"] == 2.0 and stats["max_malicious_norm"] == 50.0
-    assert stats["fraction_clipped"] == 0.5
-    assert update_statistics([1.0], [False], None)["fraction_clipped"] is None
+    assert update_statistics([1.0], [False])["max_malicious_norm"] is None

@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 
 from flbackdoor.config import ExperimentConfig
-from flbackdoor.data.sources import DataNotFoundError, Split, femnist_source, load_femnist, load_torchvision
+from flbackdoor.data.sources import DataNotFoundError, Split, femnist_source, load_femnist
+from flbackdoor.registries import DATASETS, PARTITIONERS
 
 __all__ = ["DataNotFoundError", "cache_dir", "prepare", "load_partition", "load_train", "load_test",
            "load_meta"]
@@ -42,8 +43,9 @@ def cache_key(cfg: ExperimentConfig) -> str:
         "seed": cfg.seed,
         "format": 2,
     }
-    if cfg.dataset.name == "femnist":
-        shaping["source"] = femnist_source(cfg.dataset, cfg.data)
+    source = DATASETS[cfg.dataset.name].fingerprint(cfg.dataset, cfg.data)
+    if source is not None:
+        shaping["source"] = source
     blob = json.dumps(shaping, sort_keys=True).encode()
     return hashlib.sha256(blob).hexdigest()[:16]
 
@@ -88,11 +90,12 @@ def _femnist_source_split(cfg: ExperimentConfig) -> Split:
 def _train_test(cfg: ExperimentConfig) -> tuple[Split, Split]:
     from flbackdoor.data.partition import split_by_group
 
-    if cfg.dataset.name != "femnist":
-        return load_torchvision(cfg.dataset.name, cfg.data)
+    source = DATASETS[cfg.dataset.name]
+    if not source.has_writers:
+        return source.splits(cfg.dataset, cfg.data)
     full = _femnist_source_split(cfg)
     groups = full.groups
-    if cfg.partition.name == "natural":
+    if PARTITIONERS[cfg.partition.name].natural:
         # A seeded subset of writers when the federation has fewer clients than writers.
         writers = np.unique(groups)
         if cfg.num_clients > len(writers):
@@ -133,7 +136,7 @@ def prepare(cfg: ExperimentConfig) -> Path:
                          for p in parts],
         "test_size": len(test.y),
     }
-    if train.groups is not None and cfg.partition.name == "natural":
+    if train.groups is not None and PARTITIONERS[cfg.partition.name].natural:
         meta["natural_ids"] = [str(train.groups[p[0]]) if len(p) else "" for p in parts]
     _atomic_save(
         folder,

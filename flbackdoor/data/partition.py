@@ -10,6 +10,64 @@ from __future__ import annotations
 import numpy as np
 
 from flbackdoor.config import PartitionConfig
+from flbackdoor.registries import PARTITIONERS
+
+
+class Partitioner:
+    """Builds a flwr-datasets partitioner over a table of ``label``, ``idx`` (and, for
+    ``natural``, the natural-id column)."""
+
+    natural = False  # partitions by natural ids (FEMNIST writers): needs them in the data
+
+    def build(self, cfg: PartitionConfig, num_partitions: int, seed: int):
+        raise NotImplementedError
+
+    def prepare(self, table, seed: int):
+        return table
+
+
+class Iid(Partitioner):
+    def prepare(self, table, seed: int):
+        # IidPartitioner shards in row order: shuffle first so shards are random draws.
+        return table.shuffle(seed=seed).flatten_indices()
+
+    def build(self, cfg: PartitionConfig, num_partitions: int, seed: int):
+        from flwr_datasets import partitioner as fp
+
+        return fp.IidPartitioner(num_partitions=num_partitions)
+
+
+class KLabel(Partitioner):
+    def build(self, cfg: PartitionConfig, num_partitions: int, seed: int):
+        from flwr_datasets import partitioner as fp
+
+        return fp.PathologicalPartitioner(
+            num_partitions=num_partitions, partition_by="label",
+            num_classes_per_partition=cfg.labels_per_client,
+            class_assignment_mode="first-deterministic", seed=seed)
+
+
+class Dirichlet(Partitioner):
+    def build(self, cfg: PartitionConfig, num_partitions: int, seed: int):
+        from flwr_datasets import partitioner as fp
+
+        return fp.DirichletPartitioner(
+            num_partitions=num_partitions, partition_by="label", alpha=cfg.alpha,
+            min_partition_size=cfg.min_partition_size, seed=seed)
+
+
+class Natural(Partitioner):
+    natural = True
+
+    def build(self, cfg: PartitionConfig, num_partitions: int, seed: int):
+        from flwr_datasets import partitioner as fp
+
+        return fp.NaturalIdPartitioner(partition_by=cfg.natural_key)
+
+
+for _name, _kind in {"iid": Iid, "k_label": KLabel, "dirichlet": Dirichlet,
+                     "natural": Natural}.items():
+    PARTITIONERS.register(_name)(_kind())
 
 
 def partition_indices(
@@ -21,42 +79,16 @@ def partition_indices(
 ) -> list[np.ndarray]:
     """Indices of each of ``num_partitions`` partitions of a dataset with ``labels``."""
     import datasets
-    from flwr_datasets import partitioner as fp
 
+    kind = PARTITIONERS[cfg.name]
     columns = {"label": labels.astype(np.int64), "idx": np.arange(len(labels))}
-    if cfg.name == "natural":
+    if kind.natural:
         if groups is None:
-            raise ValueError("partition=natural needs natural ids (e.g. FEMNIST writers)")
+            raise ValueError(f"partition={cfg.name} needs natural ids (e.g. FEMNIST writers)")
         columns[cfg.natural_key] = groups
-    table = datasets.Dataset.from_dict(columns)
-
-    if cfg.name == "iid":
-        # IidPartitioner shards in row order: shuffle first so shards are random draws.
-        table = table.shuffle(seed=seed).flatten_indices()
-        part = fp.IidPartitioner(num_partitions=num_partitions)
-    elif cfg.name == "k_label":
-        part = fp.PathologicalPartitioner(
-            num_partitions=num_partitions,
-            partition_by="label",
-            num_classes_per_partition=cfg.labels_per_client,
-            class_assignment_mode="first-deterministic",
-            seed=seed,
-        )
-    elif cfg.name == "dirichlet":
-        part = fp.DirichletPartitioner(
-            num_partitions=num_partitions,
-            partition_by="label",
-            alpha=cfg.alpha,
-            min_partition_size=cfg.min_partition_size,
-            seed=seed,
-        )
-    elif cfg.name == "natural":
-        part = fp.NaturalIdPartitioner(partition_by=cfg.natural_key)
-    else:
-        raise ValueError(f"unknown partition {cfg.name!r}")
-
-    part.dataset = table
-    if cfg.name == "natural" and part.num_partitions < num_partitions:
+    part = kind.build(cfg, num_partitions, seed)
+    part.dataset = kind.prepare(datasets.Dataset.from_dict(columns), seed)
+    if kind.natural and part.num_partitions < num_partitions:
         raise ValueError(
             f"num_clients={num_partitions} but the data has only {part.num_partitions} "
             f"distinct {cfg.natural_key} values"

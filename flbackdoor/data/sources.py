@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 
 from flbackdoor.config import DataConfig, DatasetConfig
+from flbackdoor.registries import DATASETS
 
 FEMNIST_HUB_ID = "flwrlabs/femnist"
 
@@ -114,3 +115,35 @@ def load_femnist(dataset: DatasetConfig, data: DataConfig) -> Split:
     images = np.stack([np.asarray(im.convert("L"), dtype=np.uint8) for im in ds["image"]])
     writers = np.asarray(ds["writer_id"])
     return Split(images[:, None], labels[keep], writers)
+
+
+class TorchvisionSource:
+    """A torchvision dataset with its own train and test splits."""
+
+    has_writers = False  # no natural ids: every partitioner but ``natural``
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def fingerprint(self, dataset: DatasetConfig, data: DataConfig) -> str | None:
+        return None
+
+    def splits(self, dataset: DatasetConfig, data: DataConfig) -> tuple[Split, Split]:
+        return load_torchvision(self.name, data)
+
+
+class FemnistSource:
+    """FEMNIST: one split with writer ids; the per-writer test split is made from it."""
+
+    has_writers = True
+
+    def fingerprint(self, dataset: DatasetConfig, data: DataConfig) -> str | None:
+        return femnist_source(dataset, data)
+
+    def load(self, dataset: DatasetConfig, data: DataConfig) -> Split:
+        return load_femnist(dataset, data)
+
+
+for _name in _TORCHVISION:
+    DATASETS.register(_name)(TorchvisionSource(_name))
+DATASETS.register("femnist")(FemnistSource())

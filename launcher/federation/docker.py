@@ -1,7 +1,7 @@
 """federation=docker: the compose federation started from Python through the Docker SDK.
 
 One SuperLink and one SuperNode container per partition (the services of
-:mod:`flbackdoor.federation.services`, as in ``docker-compose.yml``) on a network of their own,
+:mod:`launcher.federation.services`, as in ``docker-compose.yml``) on a network of their own,
 TLS and SuperNode authentication on (``federation.tls``). This process plays compose's
 ``certs``, ``register`` and ``runner`` services: it writes the certificates into the run folder,
 registers the node keys and submits the run through the SuperLink's published Control API.
@@ -21,11 +21,11 @@ import time
 from pathlib import Path
 
 from flbackdoor.config import ExperimentConfig
-from flbackdoor.federation.commands import CONTROL_PORT, FLEET_PORT, node_name
-from flbackdoor.federation.processes import ProcessFailed, free_port, port_open
-from flbackdoor.federation.services import (CACHE, CERTS, DATA, RESULTS, SUPERLINK,
+from launcher.federation.commands import CONTROL_PORT, FLEET_PORT, node_name
+from launcher.federation.processes import ProcessFailed, free_port, port_open
+from launcher.federation.services import (CACHE, CERTS, DATA, RESULTS, SUPERLINK,
                                             federation_services)
-from flbackdoor.federation.submit import (RunFailed, flwr_env, submit, write_flwr_home,
+from launcher.federation.submit import (RunFailed, flwr_env, submit, write_flwr_home,
                                           write_run_config)
 
 GPU_REQUEST = {"driver": "nvidia", "count": -1, "capabilities": [["gpu"]]}
@@ -65,7 +65,7 @@ def container_specs(roles: list[str], image: str, tls: bool, prefix: str, paths:
             "hostname": s.name,
             "init": True,
             "detach": True,
-            "labels": {"flbackdoor.federation": prefix, "flbackdoor.service": s.name},
+            "labels": {"launcher.federation": prefix, "flbackdoor.service": s.name},
         }
         if user:
             spec["user"] = user
@@ -128,8 +128,8 @@ def engine():
 def run_docker(cfg: ExperimentConfig, run_dir: Path) -> int:
     import docker
 
-    from flbackdoor.federation.local import node_roles
-    from flbackdoor.federation.tls_cli import make, register
+    from launcher.federation.local import node_roles
+    from launcher.federation.tls_cli import make, register
 
     f = cfg.federation
     client = engine()
@@ -156,7 +156,7 @@ def run_docker(cfg: ExperimentConfig, run_dir: Path) -> int:
     control = f"{f.host}:{ports[CONTROL_PORT]}"
     home = write_flwr_home(run_dir, control, insecure=not f.tls,
                            root_certificates=str(certs / "ca.crt") if f.tls else "")
-    client.networks.create(prefix, driver="bridge", labels={"flbackdoor.federation": prefix})
+    client.networks.create(prefix, driver="bridge", labels={"launcher.federation": prefix})
     group = Containers(client, prefix, run_dir / "logs")
     try:
         group.run(specs[0])

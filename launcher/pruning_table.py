@@ -3,7 +3,7 @@ one row per victim/target pair with test accuracy and attack success rate (%) af
 pruning, extreme-weight adjustment and fine-tuning (+ adjustment), the paper's Table IV numbers
 beside (for runs in Table IV's setting; "-" for others, e.g. Tables I, III, V), and the means.
 
-    python -m flbackdoor.pruning_table <run folder>... [-o table.md] [--title ...]
+    python -m launcher.pruning_table <run folder>... [-o table.md] [--title ...]
 """
 
 from __future__ import annotations

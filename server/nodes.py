@@ -1,4 +1,5 @@
-"""Who is who: a ``query.identify`` wave asks nodes for their partition id, role and size.
+"""Who is who, and who is still there: a ``query.identify`` wave asks nodes for their partition
+id, role and size; :class:`Membership` keeps the partition -> node map through a run.
 
 The server cannot read a node's ``node_config``; in deployment a node's identity lives there
 (``partition-id``, ``role``), in simulation Flower sets ``partition-id`` itself. One query wave at
@@ -16,9 +17,8 @@ from flwr.app import ConfigRecord, Message, RecordDict
 from flwr.common.logger import log
 from flwr.serverapp import Grid
 
+from flbackdoor import protocol as P
 from server.messaging import send_and_collect
-
-IDENTIFY = "query.identify"
 
 
 @dataclass(frozen=True)
@@ -44,15 +44,15 @@ def wait_for_nodes(grid: Grid, count: int, timeout: float) -> list[int]:
 
 
 def ask_identity(grid: Grid, node_ids: list[int], timeout: float, poll_interval: float) -> list[Node]:
-    ask = [Message(RecordDict({"config": ConfigRecord({})}), dst_node_id=n, message_type=IDENTIFY)
-           for n in node_ids]
+    ask = [Message(RecordDict({P.CONFIG: ConfigRecord({})}), dst_node_id=n,
+                   message_type=P.IDENTIFY) for n in node_ids]
     wave = send_and_collect(grid, ask, timeout, poll_interval)
     nodes = []
     for reply in wave.ok:
         try:
-            info = reply.content["node"]
-            nodes.append(Node(reply.metadata.src_node_id, int(info["partition-id"]),
-                              str(info["role"]), int(info.get("num-examples", 0))))
+            info = reply.content[P.NODE]
+            nodes.append(Node(reply.metadata.src_node_id, int(info[P.PARTITION_ID]),
+                              str(info[P.ROLE]), int(info.get(P.NUM_EXAMPLES, 0))))
         except (KeyError, TypeError, ValueError) as err:
             log(WARNING, "node %s sent a malformed identity (%s): ignored",
                 reply.metadata.src_node_id, err)
@@ -90,3 +90,40 @@ def identify(grid: Grid, expected: int, timeout: float, poll_interval: float) ->
         time.monotonic() - started,
         ", ".join(f"{r}={sum(n.role == r for n in by_partition.values())}" for r in roles))
     return by_partition
+
+
+class Membership:
+    """The partition -> node map of a run, and which partitions' nodes went silent.
+
+    A node that does not answer a round loses its partition's place in sampling until a node
+    (re)claims it, e.g. a restarted SuperNode, which :meth:`refresh` identifies before the
+    round that first sees it."""
+
+    def __init__(self, grid: Grid, nodes: dict[int, Node], expected: int, timeout: float,
+                 poll_interval: float) -> None:
+        self.grid, self.nodes, self.expected = grid, nodes, expected
+        self.timeout, self.poll_interval = timeout, poll_interval
+        self.silent: set[int] = set()  # partitions whose node missed a round
+        self.asked: set[int] = {n.node_id for n in nodes.values()}
+
+    def partition_of(self, node_id: int) -> int | None:
+        return next((p for p, n in self.nodes.items() if n.node_id == node_id), None)
+
+    def live(self) -> dict[int, Node]:
+        return {p: n for p, n in self.nodes.items() if p not in self.silent}
+
+    def mark_silent(self, node_ids: list[int]) -> None:
+        for node_id in node_ids:
+            if (p := self.partition_of(node_id)) is not None:
+                self.silent.add(p)
+
+    def refresh(self) -> None:
+        """Identify nodes that connected since the last call (new or restarted SuperNodes)."""
+        new = [n for n in self.grid.get_node_ids() if n not in self.asked]
+        if not new:
+            return
+        self.asked |= set(new)
+        found = ask_identity(self.grid, new, self.timeout, self.poll_interval)
+        for p in merge(self.nodes, found, self.expected, replaceable=self.silent):
+            self.silent.discard(p)
+            log(INFO, "partition %d is served by node %d", p, self.nodes[p].node_id)

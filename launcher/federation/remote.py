@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from flbackdoor.config import ExperimentConfig
-from flbackdoor.federation.submit import flwr_env, submit, write_flwr_home, write_run_config
+from launcher.federation.submit import flwr_env, submit, write_flwr_home, write_run_config
 
 
 def run_remote(cfg: ExperimentConfig, run_dir: Path) -> int:

@@ -7,9 +7,9 @@ from __future__ import annotations
 from pathlib import Path
 
 from flbackdoor.config import ExperimentConfig
-from flbackdoor.federation.local import superlink_cmd
-from flbackdoor.federation.processes import ProcessGroup, free_port, port_open
-from flbackdoor.federation.submit import flwr_env, submit, write_flwr_home, write_run_config
+from launcher.federation.local import superlink_cmd
+from launcher.federation.processes import ProcessGroup, free_port, port_open
+from launcher.federation.submit import flwr_env, submit, write_flwr_home, write_run_config
 
 
 def federation_config(cfg: ExperimentConfig) -> str:

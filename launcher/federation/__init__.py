@@ -16,11 +16,11 @@ from flbackdoor.config import ExperimentConfig
 def launch(cfg: ExperimentConfig, run_dir: Path) -> int:
     """Run the experiment in the federation ``cfg.federation.mode``; return the Flower run id."""
     if cfg.federation.mode == "local":
-        from flbackdoor.federation.local import run_local as run
+        from launcher.federation.local import run_local as run
     elif cfg.federation.mode == "simulation":
-        from flbackdoor.federation.simulation import run_simulation as run
+        from launcher.federation.simulation import run_simulation as run
     elif cfg.federation.mode == "docker":
-        from flbackdoor.federation.docker import run_docker as run
+        from launcher.federation.docker import run_docker as run
     else:
-        from flbackdoor.federation.remote import run_remote as run
+        from launcher.federation.remote import run_remote as run
     return run(cfg, run_dir)

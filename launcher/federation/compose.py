@@ -1,4 +1,4 @@
-"""``flbackdoor-compose``: render ``docker-compose.yml`` from :mod:`flbackdoor.federation.services`.
+"""``flbackdoor-compose``: render ``docker-compose.yml`` from :mod:`launcher.federation.services`.
 
 Compose cannot loop, so a federation of K SuperNodes is K services: they are generated, not typed
 by hand. The committed ``docker-compose.yml`` is this module's output for the defaults (a test
@@ -17,8 +17,8 @@ from pathlib import Path
 
 import yaml
 
-from flbackdoor.federation.commands import CONTROL_PORT, node_name
-from flbackdoor.federation.services import (CACHE, CERTS, DATA, IMAGE, RESULTS, SUPERLINK, Service,
+from launcher.federation.commands import CONTROL_PORT, node_name
+from launcher.federation.services import (CACHE, CERTS, DATA, IMAGE, RESULTS, SUPERLINK, Service,
                                             federation_services)
 
 HEADER = """\

@@ -10,6 +10,8 @@ from pathlib import Path
 import numpy as np
 
 from flbackdoor.config import ExperimentConfig
+from flbackdoor.registries import TASKS
+from flbackdoor.rng import stream
 
 
 @dataclass(frozen=True)
@@ -33,13 +35,13 @@ def roles_for(cfg: ExperimentConfig, cache: Path) -> Roles:
 
 def assign_roles(cfg: ExperimentConfig, label_counts: list[list[int]]) -> Roles:
     a = cfg.attack
-    if a.name == "none" or a.num_malicious == 0:
+    if a.num_malicious == 0:
         return Roles()
-    rng = np.random.default_rng([cfg.seed, 7919])
+    rng = stream("roles", cfg.seed)
     counts = np.asarray(label_counts)
     has_source = np.flatnonzero(counts[:, a.source_label] > 0)
     targets: np.ndarray = np.array([], dtype=int)
-    if a.task == "semantic" and a.name != "malformed":
+    if a.backdoor and TASKS[a.task].uses_target_writers:
         if len(has_source) < a.num_backdoor_tasks + a.num_malicious:
             raise ValueError(
                 f"attack.num_backdoor_tasks={a.num_backdoor_tasks} target writers plus "

@@ -17,8 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
-from flbackdoor.federation.submit import CONNECTION, flwr_bin, flwr_env, write_flwr_home
-from flbackdoor.federation.tls import ServerCerts, write_node_key, write_server_certs
+from launcher.federation.submit import CONNECTION, flwr_bin, flwr_env, write_flwr_home
+from launcher.federation.tls import ServerCerts, write_node_key, write_server_certs
 
 
 class RegistrationFailed(RuntimeError):

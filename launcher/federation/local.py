@@ -6,15 +6,15 @@ from __future__ import annotations
 from pathlib import Path
 
 from flbackdoor.config import ExperimentConfig
-from flbackdoor.federation import commands
-from flbackdoor.federation.processes import ProcessGroup, free_port, port_open
-from flbackdoor.federation.submit import flwr_bin, flwr_env, submit, write_flwr_home, write_run_config
+from launcher.federation import commands
+from launcher.federation.processes import ProcessGroup, free_port, port_open
+from launcher.federation.submit import flwr_bin, flwr_env, submit, write_flwr_home, write_run_config
 
 
 def node_roles(cfg: ExperimentConfig) -> list[str]:
     """The role each partition's SuperNode is started with (``role="malicious"`` for the
     experiment's attackers: real separate processes running attacker code)."""
-    from attacker.roles import roles_for
+    from flbackdoor.roles import roles_for
     from flbackdoor.data.cache import prepare
 
     roles = roles_for(cfg, prepare(cfg))

@@ -29,8 +29,8 @@ log = logging.getLogger("flbackdoor")
 def run_centralized(cfg: ExperimentConfig, run_dir: Path) -> dict:
     from attacker.poisoning import backdoor_test_set, poison_train_set
     from defenses import abl
-    from server.evaluation import CentralEvaluator
-    from server.results import ResultsWriter
+    from flbackdoor.evaluation import CentralEvaluator
+    from flbackdoor.results import ResultsWriter
 
     started = time.monotonic()
     torch.manual_seed(cfg.seed)
@@ -51,7 +51,7 @@ def run_centralized(cfg: ExperimentConfig, run_dir: Path) -> dict:
     generator = torch.Generator().manual_seed(cfg.seed)
     one_epoch = dataclasses.replace(cfg.client, epochs=1)
     cd = cfg.client_defense
-    use_abl = cd.name == "abl"
+    use_abl = cd.enabled
     isolated: torch.Tensor | None = None
     isolation: dict = {}
     writer = ResultsWriter(run_dir, cfg)
@@ -75,7 +75,7 @@ def run_centralized(cfg: ExperimentConfig, run_dir: Path) -> dict:
                 log.info("isolated %d examples after epoch %d, precision %.3f", len(isolated),
                          epoch - 1, isolation["isolation_precision"])
             stage = "gga"
-            lr = cd.unlearning_lr or cfg.client.lr
+            lr = cd.unlearning_lr
             result = abl.train_gga(model, xt, yt, isolated, cfg.client, lr, normalize, 1, generator,
                                    cd.ascent)
         row = {"round": epoch, "epoch": epoch, "phase": "train", "stage": stage,

@@ -19,8 +19,8 @@ from pathlib import Path
 import tomli_w
 
 from flbackdoor.config import ExperimentConfig, to_json
-from flbackdoor.federation.commands import FLOWER_ENV
-from flbackdoor.federation.processes import ProcessFailed, ProcessGroup
+from launcher.federation.commands import FLOWER_ENV
+from launcher.federation.processes import ProcessFailed, ProcessGroup
 
 APP_DIR = Path(__file__).resolve().parents[2]  # the repo: pyproject.toml with [tool.flwr.app]
 CONNECTION = "flbackdoor"

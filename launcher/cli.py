@@ -15,8 +15,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from flbackdoor.config import ConfigError, ExperimentConfig, from_json, validate
 from flbackdoor.data.sources import DataNotFoundError
-from flbackdoor.federation.processes import ProcessFailed
-from flbackdoor.federation.submit import RunFailed
+from launcher.federation.processes import ProcessFailed
+from launcher.federation.submit import RunFailed
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 log = logging.getLogger("flbackdoor")
@@ -50,8 +50,8 @@ def resumed(folder: Path) -> ExperimentConfig:
 def run(dcfg: DictConfig) -> dict:
     """One experiment: the whole job behind ``flbackdoor``; returns its summary."""
     from flbackdoor.data.cache import prepare
-    from flbackdoor.federation import launch
-    from server.results import read_summary
+    from launcher.federation import launch
+    from flbackdoor.results import read_summary
 
     cfg = resolve(dcfg)
     run_dir = Path(cfg.resume) if cfg.resume else Path(HydraConfig.get().runtime.output_dir)
@@ -61,7 +61,7 @@ def run(dcfg: DictConfig) -> dict:
         cache = prepare(cfg)  # fails here, before any process starts, if the data is missing
         log.info("data cache: %s", cache)
     if cfg.federation.mode == "centralized":  # one model in this process, no Flower
-        from flbackdoor.centralized import run_centralized
+        from launcher.centralized import run_centralized
 
         run_id, summary = "centralized", run_centralized(cfg, run_dir)
     else:

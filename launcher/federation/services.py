@@ -1,7 +1,7 @@
 """A containerised federation as plain data: one SuperLink and one SuperNode per partition.
 
-``docker-compose.yml`` (rendered by :mod:`flbackdoor.federation.compose`) and
-``federation=docker`` (:mod:`flbackdoor.federation.docker`) both start these services, so a
+``docker-compose.yml`` (rendered by :mod:`launcher.federation.compose`) and
+``federation=docker`` (:mod:`launcher.federation.docker`) both start these services, so a
 container started from Python runs exactly the command, environment and ports of its compose
 service. Paths are the image's: certificates in ``/certs``, data in ``/data``, the partition cache
 in ``/cache``, results in ``/results``.
@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 from flbackdoor.config import FederationConfig
-from flbackdoor.federation.commands import (CONTROL_PORT, FLEET_PORT, FLOWER_ENV, NODE_PORT, Tls,
+from launcher.federation.commands import (CONTROL_PORT, FLEET_PORT, FLOWER_ENV, NODE_PORT, Tls,
                                             node_config, node_name, superlink_cmd, supernode_cmd)
 
 IMAGE = "flbackdoor:latest"

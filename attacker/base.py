@@ -1,0 +1,117 @@
+"""What every attack is made of: its config (the threat model every attack shares, plus its
+own fields) and its reply to a train message on a malicious node.
+
+An attack is one module in ``attacker/`` that registers a subclass of :class:`Attack` under its
+Hydra option name, and one YAML in ``conf/attack/`` (docs/EXTENDING.md).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import ClassVar
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord
+from torch import nn
+
+from flbackdoor.config import ExperimentConfig, check, one_of
+from flbackdoor.registries import TASKS
+from flbackdoor.training import TrainResult
+from flbackdoor.updates import StateDict
+
+SCHEDULES = ("none", "fixed_frequency", "random")
+
+
+@dataclass
+class AttackConfig:
+    """Fields every attack shares (``conf/attack/base/threat.yaml``): who attacks and when
+    (the server samples the malicious partitions by ``schedule``), and the backdoor task."""
+
+    name: str = "none"
+    num_malicious: int = 0  # malicious partitions (epsilon * K)
+    schedule: str = "none"  # none | fixed_frequency | random: how the server samples them
+    frequency: int = 1  # fixed_frequency: one attacker in rounds with round % f == f // 2
+    task: str = "semantic"  # the backdoor task (registered in TASKS): semantic | pixel_pattern | dba
+    source_label: int = 7  # semantic: the target writers' digit; triggers: the victim label
+    target_label: int = 1
+    num_backdoor_tasks: int = 30  # semantic: target writers
+    pattern_pixels: int = 9  # pixel_pattern: 1, 3, 5, 7 or 9
+    dba_parts: int = 4  # dba: parts of the global pattern
+    aux_samples: int = 200  # triggers: victim images drawn when the attacker holds none
+    aux_train_samples: int = 0  # D_trn: true-distribution images the attacker holds besides its own
+    epochs: int = 1  # the attacker's local epochs; conf: ${client.epochs}
+    # How an attacker epoch visits its data: "union" = one shuffled pass over D_trn + D_mal;
+    # "alternate" = a pass over D_trn, then one over D_mal (the TFF reference).
+    data_mix: str = "union"
+
+    # Whether the attack plants a backdoor task (D_mal, measured as backdoor accuracy).
+    backdoor: ClassVar[bool] = True
+
+    def check(self, cfg: ExperimentConfig) -> None:
+        """Raise ConfigError on a value this attack cannot run with."""
+        one_of("attack.schedule", self.schedule, SCHEDULES)
+        one_of("attack.data_mix", self.data_mix, ("union", "alternate"))
+        TASKS[self.task]
+        labels = range(cfg.dataset.num_classes)
+        check(self.source_label in labels and self.target_label in labels
+              and self.source_label != self.target_label,
+              f"attack.source_label={self.source_label} and attack.target_label="
+              f"{self.target_label} must be different labels of the dataset")
+        check(self.frequency >= 1, f"attack.frequency={self.frequency} must be at least 1")
+        check(self.epochs >= 1, f"attack.epochs={self.epochs} must be at least 1")
+        check(1 <= self.pattern_pixels <= 9,
+              f"attack.pattern_pixels={self.pattern_pixels} must be 1..9")
+        check(self.dba_parts >= 1, f"attack.dba_parts={self.dba_parts} must be at least 1")
+        check(1 <= self.num_malicious <= cfg.num_clients,
+              f"attack={self.name} needs attack.num_malicious between 1 and num_clients "
+              f"({cfg.num_clients}), not {self.num_malicious}")
+        check(self.schedule != "none", f"attack={self.name} needs attack.schedule "
+              "(fixed_frequency or random); schedule none samples no attacker")
+        if self.backdoor and self.task == "semantic":
+            check(self.num_backdoor_tasks >= 1,
+                  f"attack.num_backdoor_tasks={self.num_backdoor_tasks} must be at least 1")
+
+
+@dataclass
+class TrainJob:
+    """Everything a malicious node knows when a train message reaches it."""
+
+    cfg: ExperimentConfig
+    partition_id: int
+    server_round: int
+    model: nn.Module  # holds the global model w_t
+    global_state: StateDict
+    local: tuple[np.ndarray, np.ndarray]  # the node's own partition
+    hints: dict  # the colluding attackers' side channel (flbackdoor.protocol.ATTACK_*)
+    cache: Path  # the partition cache (other partitions, the test set)
+    device: torch.device
+    generator: torch.Generator
+    honest: Callable[[], tuple[StateDict, TrainResult]]  # what a benign node would send
+
+
+@dataclass
+class Reply:
+    arrays: ArrayRecord
+    num_examples: float
+    loss: float
+
+
+def state_reply(state: StateDict, result: TrainResult) -> Reply:
+    return Reply(ArrayRecord({k: v.detach().cpu() for k, v in state.items()}),
+                 result.num_examples, result.loss)
+
+
+class Attack:
+    """A malicious node's behaviour in a train round: :meth:`reply` is its whole answer."""
+
+    Config: ClassVar[type[AttackConfig]] = AttackConfig
+
+    def __init__(self, cfg: ExperimentConfig) -> None:
+        self.cfg = cfg
+        self.config = cfg.attack
+
+    def reply(self, job: TrainJob) -> Reply:
+        raise NotImplementedError

@@ -1,0 +1,56 @@
+"""The wire contract between the ServerApp and the ClientApps: message types and record keys.
+
+Both sides import these names; a key spelled in one place cannot drift from the other.
+"""
+
+from __future__ import annotations
+
+# Message types (Flower: ``train`` or ``query.<action>``).
+TRAIN = "train"
+IDENTIFY_ACTION = "identify"
+PRUNE_ACTIVATIONS_ACTION = "prune_activations"
+PRUNE_EVALUATE_ACTION = "prune_evaluate"
+IDENTIFY = f"query.{IDENTIFY_ACTION}"
+PRUNE_ACTIVATIONS = f"query.{PRUNE_ACTIVATIONS_ACTION}"
+PRUNE_EVALUATE = f"query.{PRUNE_EVALUATE_ACTION}"
+
+# Records of a train message and of its reply.
+ARRAYS = "arrays"
+CONFIG = "config"
+METRICS = "metrics"
+SERVER_ROUND = "server-round"
+
+# A train reply's metrics.
+NUM_EXAMPLES = "num-examples"
+TRAIN_LOSS = "train_loss"
+
+# The identify reply: record and keys.
+NODE = "node"
+PARTITION_ID = "partition-id"
+ROLE = "role"
+
+# The colluding attackers' side channel in a train message's config (server -> attackers).
+ATTACK_ROUND_EXAMPLES = "attack-round-examples"
+ATTACK_NUM_ATTACKERS = "attack-num-attackers"
+
+# Client-side ABL's isolation report in a train reply's metrics.
+ISOLATED_COUNT = "isolated_count"
+ISOLATED_POISONED = "isolated_poisoned"
+POISONED_COUNT = "poisoned_count"
+
+# A node's config (``--node-config``): its identity, and its own data folders on its host.
+NODE_PARTITION_ID = "partition-id"
+NODE_NUM_PARTITIONS = "num-partitions"
+NODE_ROLE = "role"
+NODE_DATA_ROOT = "data-root"
+NODE_CACHE_DIR = "cache-dir"
+
+# Flower's run config, as ``flbackdoor`` submits it.
+RUN_EXPERIMENT = "experiment"
+RUN_OUTPUT_DIR = "output-dir"
+
+# Wu et al.'s pruning queries: a node's vote (ranking or keep mask) and its accuracy report.
+VOTE = "vote"
+VOTE_VALUES = "values"
+REPORT = "report"
+REPORT_ACCURACIES = "accuracies"
