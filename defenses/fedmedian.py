@@ -4,9 +4,11 @@ even count, as numpy and Flower's FedMedian). Nobody is flagged: every update ta
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 
-from defenses.base import Aggregate, Defense, Updates
+from defenses.base import Aggregate, Defense, DefenseConfig, Updates
 from flbackdoor.registries import DEFENSES
 from flbackdoor.updates import flatten, unflatten
 
@@ -17,8 +19,15 @@ def coordinate_median(flat: torch.Tensor) -> torch.Tensor:
     return (ordered[(n - 1) // 2] + ordered[n // 2]) / 2
 
 
+@dataclass
+class MedianConfig(DefenseConfig):
+    name: str = "fedmedian"
+
+
 @DEFENSES.register("fedmedian")
 class FedMedian(Defense):
+    Config = MedianConfig
+
     def aggregate(self, updates: Updates) -> Aggregate:
         return Aggregate(unflatten(coordinate_median(flatten(updates.deltas)),
                                    updates.deltas[0]))

@@ -13,6 +13,24 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = (REPO / ".." / "shared" / "data").resolve()
 
 
+def compose(*overrides: str):
+    """The Hydra config ``flbackdoor`` would compose from these overrides."""
+    from hydra import compose as hydra_compose, initialize_config_dir
+
+    from launcher.cli import CONF_DIR
+
+    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
+        return hydra_compose("config", overrides=list(overrides))
+
+
+def resolved(*overrides: str, data_root: str | None = None):
+    """The typed, validated experiment of these overrides, as ``flbackdoor`` resolves it."""
+    from launcher.cli import resolve
+
+    extra = [f"data.root={data_root}"] if data_root else []
+    return resolve(compose(*overrides, *extra))
+
+
 def attack_config(**fields):
     """One attack option's typed config, as Hydra's ``attack=<name>`` plus overrides would
     give it (the name defaults to ``none``)."""
