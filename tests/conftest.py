@@ -54,6 +54,11 @@ def cache_dir(tmp_path_factory) -> Path:
     return tmp_path_factory.mktemp("cache")
 
 
+def data_args(cache_dir: Path) -> list[str]:
+    """The overrides every end-to-end run starts with: the real data, the session's cache."""
+    return [f"data.root={SHARED_DATA}", f"data.cache_dir={cache_dir}"]
+
+
 def flbackdoor(args: list[str], timeout: float = 600, env: dict | None = None,
                **popen) -> subprocess.CompletedProcess:
     """Run the real ``flbackdoor`` command (Hydra app) in a fresh Python process."""

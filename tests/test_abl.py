@@ -202,13 +202,9 @@ def test_only_poisoned_clients_run_abl_under_the_oracle_switch():
 
 def test_presets_compose_and_paper_scale_repeats_the_cifar_groups_exactly():
     import yaml
-    from hydra import compose, initialize_config_dir
 
-    from launcher.cli import CONF_DIR, resolve
-
-    def composed(*overrides):
-        with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-            return resolve(compose("config", overrides=list(overrides)))
+    from conftest import resolved as composed
+    from launcher.cli import CONF_DIR
 
     cpu = composed("experiment=abl2021_centralized_sig")
     assert (cpu.federation.mode, cpu.poisoning.kind, cpu.client_defense.name) == (

@@ -3,19 +3,11 @@
 import dataclasses
 
 import pytest
-from hydra import compose, initialize_config_dir
 from hydra.errors import ConfigCompositionException
-from omegaconf import OmegaConf
 
-from launcher.cli import CONF_DIR, resolve
+from conftest import compose as composed, flbackdoor
 from flbackdoor.config import ConfigError, ExperimentConfig, from_json, to_json, validate
-
-from conftest import flbackdoor
-
-
-def composed(*overrides: str):
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+from launcher.cli import CONF_DIR, resolve
 
 
 def test_default_config_is_the_readme_default():

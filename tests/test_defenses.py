@@ -15,7 +15,7 @@ from defenses.norm_clipping import clip_all, clipped_mean
 from defenses.weak_dp import noisy_clipped_mean
 from flbackdoor.config import ConfigError, ExperimentConfig, validate
 from flbackdoor.registries import DEFENSES
-from flbackdoor.updates import clip_to_norm, flatten, global_norm
+from flbackdoor.updates import clip_to_norm, global_norm
 
 
 def _updates(rows: list[list[float]], weights=None, partitions=None) -> Updates:

@@ -16,7 +16,7 @@ import pytest
 
 from flbackdoor.results import read_metrics
 
-from conftest import REPO, SHARED_DATA, flbackdoor, flower_processes, requires_shared_data
+from conftest import REPO, SHARED_DATA, data_args, flbackdoor, flower_processes, requires_shared_data
 
 pytestmark = [requires_shared_data, pytest.mark.e2e]
 
@@ -25,7 +25,7 @@ ROW_KEYS = {"round", "phase", "main_accuracy", "main_loss", "num_clients", "wall
 
 def small(cache_dir: Path, *extra: str) -> list[str]:
     """3 clients, 2 rounds, a 3,000-image MNIST subset."""
-    return [f"data.root={SHARED_DATA}", f"data.cache_dir={cache_dir}", "num_clients=3",
+    return [*data_args(cache_dir), "num_clients=3",
             "clients_per_round=3", "num_rounds=2", "dataset.max_train_samples=3000", *extra]
 
 

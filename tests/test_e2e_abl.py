@@ -9,13 +9,13 @@ import pytest
 
 from flbackdoor.results import read_metrics
 
-from conftest import SHARED_DATA, flbackdoor, requires_shared_data
+from conftest import data_args, flbackdoor, requires_shared_data
 
 pytestmark = [requires_shared_data, pytest.mark.e2e]
 
 
 def test_centralized_abl_isolates_mostly_poisoned_examples(tmp_path, cache_dir):
-    res = flbackdoor([f"data.root={SHARED_DATA}", f"data.cache_dir={cache_dir}",
+    res = flbackdoor([*data_args(cache_dir),
                       "experiment=abl2021_centralized_badnets", "dataset.max_train_samples=5000",
                       "num_rounds=4", "server.eval_max_samples=500", f"hydra.run.dir={tmp_path}"])
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
@@ -35,7 +35,7 @@ def test_centralized_abl_isolates_mostly_poisoned_examples(tmp_path, cache_dir):
 
 
 def test_federated_client_side_abl_over_real_processes(tmp_path, cache_dir):
-    res = flbackdoor([f"data.root={SHARED_DATA}", f"data.cache_dir={cache_dir}",
+    res = flbackdoor([*data_args(cache_dir),
                       "experiment=abl2021_federated_badnets", "federation=local", "num_clients=3",
                       "clients_per_round=3", "num_rounds=2", "client_defense.lga_rounds=1",
                       "poisoning.num_clients=1", "dataset.max_train_samples=2000",
@@ -48,7 +48,8 @@ def test_federated_client_side_abl_over_real_processes(tmp_path, cache_dir):
     # Round 1: LGA, nothing isolated yet; round 2: every client isolated 5% of its ~667 images.
     assert rows[0]["isolated_count"] == 0 and rows[0]["isolation_precision"] is None
     assert rows[1]["isolated_count"] == 3 * 33 and rows[1]["poisoned_clients"] == 1
-    assert 0.0 <= rows[1]["isolation_precision"] <= 1.0
+    # Better than picking at random on the poisoned client (its poisoning rate, 10%).
+    assert rows[1]["isolation_precision"] > 0.1, rows[1]
     assert all("backdoor_accuracy" in r and r["main_accuracy"] > 0.5 for r in rows), rows
     assert poisoned in range(3)
 
@@ -56,7 +57,7 @@ def test_federated_client_side_abl_over_real_processes(tmp_path, cache_dir):
 def test_federated_abl_on_the_poisoned_clients_only(tmp_path, cache_dir):
     """The oracle bound (client_defense.clients=poisoned): the clean nodes train plainly yet
     report the same metric keys, which Flower needs to aggregate the round."""
-    res = flbackdoor([f"data.root={SHARED_DATA}", f"data.cache_dir={cache_dir}",
+    res = flbackdoor([*data_args(cache_dir),
                       "experiment=abl2021_federated_badnets", "num_clients=3",
                       "clients_per_round=3", "num_rounds=2", "client_defense.lga_rounds=1",
                       "client_defense.clients=poisoned", "poisoning.num_clients=1",

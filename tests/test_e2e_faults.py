@@ -15,13 +15,13 @@ import pytest
 
 from flbackdoor.results import read_metrics
 
-from conftest import REPO, SHARED_DATA, flbackdoor, flower_processes, requires_shared_data
+from conftest import REPO, data_args, flbackdoor, flower_processes, requires_shared_data
 
 pytestmark = [requires_shared_data, pytest.mark.e2e]
 
 
 def base(cache_dir: Path, run_dir: Path, *extra: str) -> list[str]:
-    return [f"data.root={SHARED_DATA}", f"data.cache_dir={cache_dir}", "num_clients=3",
+    return [*data_args(cache_dir), "num_clients=3",
             "clients_per_round=3", "dataset.max_train_samples=1500", f"hydra.run.dir={run_dir}",
             *extra]
 

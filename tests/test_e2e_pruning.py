@@ -13,14 +13,14 @@ import torch
 
 from flbackdoor.results import read_metrics
 
-from conftest import SHARED_DATA, flbackdoor, requires_shared_data
+from conftest import data_args, flbackdoor, requires_shared_data
 
 pytestmark = [requires_shared_data, pytest.mark.e2e]
 
 
 def test_ranking_vote_pruning_over_real_client_processes(tmp_path, cache_dir):
     run = tmp_path / "run"
-    args = [f"data.root={SHARED_DATA}", f"data.cache_dir={cache_dir}", "num_clients=3",
+    args = [*data_args(cache_dir), "num_clients=3",
             "clients_per_round=3", "num_rounds=1", "dataset.max_train_samples=3000",
             "server.eval_max_samples=2000", "attack=boosted", "attack.task=pixel_pattern",
             "attack.source_label=9", "attack.target_label=1", "attack.num_malicious=1",

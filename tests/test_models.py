@@ -1,9 +1,8 @@
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from launcher.cli import CONF_DIR
+from conftest import compose
 from flbackdoor.config import ModelConfig
 from flbackdoor.models import build_model
 
@@ -12,9 +11,7 @@ SHAPES = {"mnist": (1, 28, 10), "fashion_mnist": (1, 28, 10), "femnist": (1, 28,
 
 
 def model_cfg(name: str) -> ModelConfig:
-    with initialize_config_dir(str(CONF_DIR), version_base="1.3"):
-        cfg = compose("config", overrides=[f"model={name}"])
-    return OmegaConf.to_object(cfg).model
+    return OmegaConf.to_object(compose(f"model={name}")).model
 
 
 @pytest.mark.parametrize("model", ["sun_emnist_cnn", "wu_mnist_cnn", "wu_fmnist_cnn", "wu_cifar_cnn"])

@@ -15,7 +15,7 @@ import time
 
 import pytest
 
-from conftest import REPO, SHARED_DATA, requires_shared_data
+from conftest import REPO, SHARED_DATA, data_args, requires_shared_data
 from launcher.federation import commands
 from launcher.federation.commands import CONTROL_PORT, FLEET_PORT, NODE_PORT, Tls, node_name
 from launcher.federation.processes import ProcessGroup
@@ -159,7 +159,7 @@ def test_tls_node_auth_federation_across_namespaces(hosts, tmp_path, cache_dir):
             ["ip", "netns", "exec", hosts.ns("operator"), sys.executable, "-m", "launcher.cli",
              "federation=remote", f"federation.address={sl}:{CONTROL_PORT}",
              "federation.insecure=false", f"federation.root_certificates={server.ca}",
-             f"data.root={SHARED_DATA}", f"data.cache_dir={cache_dir}", "num_clients=3",
+             *data_args(cache_dir), "num_clients=3",
              "clients_per_round=3", "num_rounds=1", "dataset.max_train_samples=3000",
              "server.eval_max_samples=2000", "attack=boosted", "attack.task=pixel_pattern",
              "attack.num_malicious=1", "attack.schedule=fixed_frequency",
