@@ -91,8 +91,32 @@ def _terminate(signum: int, frame: object) -> None:
     raise SystemExit(128 + signum)
 
 
+def unknown_option(argv: list[str]) -> str | None:
+    """The first ``<group>=<name>`` (or sweep of names) on the command line naming no
+    registered option, as one line listing the registered ones; None if all are known.
+    Hydra would also refuse a name with no YAML, over several lines; a YAML with no module
+    would only fail later, in validation."""
+    from flbackdoor import registries
+
+    groups = {"defense": registries.DEFENSES, "attack": registries.ATTACKS,
+              "attack.task": registries.TASKS, "model": registries.MODELS,
+              "dataset": registries.DATASETS, "partition": registries.PARTITIONERS}
+    for arg in argv:
+        key, _, value = arg.lstrip("+~").partition("=")
+        if key in groups and value:
+            for name in value.split(","):
+                if name not in groups[key]:
+                    return (f"{key}={name!r} is not registered; registered: "
+                            f"{', '.join(groups[key].names())}")
+    return None
+
+
 def main() -> None:
     signal.signal(signal.SIGTERM, _terminate)
+    problem = unknown_option(sys.argv[1:])
+    if problem:
+        print(f"flbackdoor: error: {problem}", file=sys.stderr)
+        sys.exit(2)
     _hydra_main()
 
 

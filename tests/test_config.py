@@ -101,3 +101,13 @@ def test_cli_reports_missing_data_in_one_line(tmp_path):
 def test_validate_accepts_every_preset():
     for preset in sorted((CONF_DIR / "experiment").glob("*.yaml")):
         validate(resolve(composed(f"experiment={preset.stem}")))
+
+
+def test_cli_names_an_unregistered_option_in_one_line(tmp_path):
+    res = flbackdoor(["defense=flame_typo", f"hydra.run.dir={tmp_path}"], timeout=120)
+    assert res.returncode == 2
+    assert res.stderr.strip().splitlines() == [
+        "flbackdoor: error: defense='flame_typo' is not registered; registered: bulyan, "
+        "fedmedian, fedtrimmedavg, flower_dp_fixed, krum, multikrum, none, norm_clipping, weak_dp"]
+    res = flbackdoor(["-m", "attack=boosted,nope", f"hydra.sweep.dir={tmp_path}"], timeout=120)
+    assert res.returncode == 2 and "attack='nope' is not registered" in res.stderr
