@@ -75,9 +75,10 @@ def craft_update(model: nn.Module, global_state: StateDict, local: tuple[np.ndar
     normalize = Normalizer(cfg.dataset, device)
     project = None
     if radius is not None:
-
-        def project() -> None:
+        def project_to_ball() -> None:
             model.load_state_dict(project_l2(model.state_dict(), global_state, radius))
+
+        project = project_to_ball
 
     after_step = project if project_each_step else None
     epochs = a.epochs

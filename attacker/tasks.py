@@ -22,6 +22,7 @@ from attacker.triggers import dba_pattern, pixel_pattern, stamp
 from flbackdoor.config import ExperimentConfig
 from flbackdoor.data.cache import load_partition, load_test, load_train
 from flbackdoor.registries import TASKS
+from flbackdoor.rng import stream
 from flbackdoor.roles import Roles
 
 Arrays = tuple[np.ndarray, np.ndarray]
@@ -85,7 +86,7 @@ class TriggerTask(BackdoorTask):
         if len(victims) == 0:  # the attacker also holds samples of the true distribution
             tx, ty = load_train(self.cache)
             pool = np.flatnonzero(np.asarray(ty) == a.source_label)
-            pick = np.random.default_rng(self.cfg.seed).choice(
+            pick = stream("aux_victims", self.cfg.seed).choice(
                 pool, min(a.aux_samples, len(pool)), replace=False)
             victims = np.asarray(tx[np.sort(pick)])
         mask, pattern = self.trigger(attacker_index)

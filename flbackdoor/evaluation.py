@@ -11,6 +11,7 @@ import torch
 from flbackdoor.config import ExperimentConfig
 from flbackdoor.data.cache import load_test
 from flbackdoor.models import build_model
+from flbackdoor.rng import stream
 from flbackdoor.training import Normalizer, as_tensors, evaluate, pick_device
 
 
@@ -20,7 +21,7 @@ class CentralEvaluator:
         self.device = pick_device(cfg.device)
         x, y = load_test(cache)
         if cfg.server.eval_max_samples and cfg.server.eval_max_samples < len(y):
-            keep = np.sort(np.random.default_rng(cfg.seed).choice(
+            keep = np.sort(stream("eval_subset", cfg.seed).choice(
                 len(y), cfg.server.eval_max_samples, replace=False))
             x, y = x[keep], y[keep]
         self.x, self.y = as_tensors(x, y, self.device)

@@ -17,8 +17,21 @@ SALTS = {
 }
 
 
+# Streams seeded by the experiment's seed alone (as the first version drew them).
+UNSALTED = (
+    "eval_subset",  # the server's evaluation subset (server.eval_max_samples)
+    "train_subset",  # dataset.max_train_samples
+    "femnist_writers",  # which writers a federation smaller than FEMNIST gets
+    "writer_split",  # FEMNIST's per-writer train/test split
+    "aux_victims",  # victim-label images for an attacker that holds none
+    "sampling",  # the round's clients, keyed by the round
+)
+
+
 def stream(name: str, seed: int, *keys: int) -> np.random.Generator:
     """The generator of stream ``name`` for ``seed`` (and sub-keys, e.g. a partition id)."""
+    if name in UNSALTED:
+        return np.random.default_rng([seed, *keys] if keys else seed)
     return np.random.default_rng([seed, SALTS[name], *keys])
 
 

@@ -21,6 +21,7 @@ import torch
 from flbackdoor.config import ExperimentConfig
 from flbackdoor.data.cache import load_train, prepare
 from flbackdoor.models import build_model
+from flbackdoor.rng import stream
 from flbackdoor.training import Normalizer, as_tensors, pick_device, train
 
 log = logging.getLogger("flbackdoor")
@@ -41,7 +42,7 @@ def run_centralized(cfg: ExperimentConfig, run_dir: Path) -> dict:
     backdoor = backdoor_test_set(cfg, cache)
     cap = cfg.server.eval_max_samples
     if backdoor is not None and 0 < cap < len(backdoor[1]):  # as the main test set is capped
-        keep = np.sort(np.random.default_rng(cfg.seed).choice(len(backdoor[1]), cap, replace=False))
+        keep = np.sort(stream("eval_subset", cfg.seed).choice(len(backdoor[1]), cap, replace=False))
         backdoor = (backdoor[0][keep], backdoor[1][keep])
     evaluator = CentralEvaluator(cfg, cache, backdoor)
     d = cfg.dataset

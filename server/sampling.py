@@ -18,10 +18,12 @@ from typing import Any
 
 import numpy as np
 
+from flbackdoor.rng import stream
+
 
 
 def _rng(seed: int, server_round: int) -> np.random.Generator:
-    return np.random.default_rng([seed, server_round])
+    return stream("sampling", seed, server_round)
 
 
 def sample_partitions(available: list[int], k: int, seed: int, server_round: int) -> list[int]:

@@ -30,6 +30,7 @@ import numpy as np
 from flbackdoor.config import ExperimentConfig
 from flbackdoor.data.sources import DataNotFoundError, Split, femnist_source, load_femnist
 from flbackdoor.registries import DATASETS, PARTITIONERS
+from flbackdoor.rng import stream
 
 __all__ = ["DataNotFoundError", "cache_dir", "prepare", "load_partition", "load_train", "load_test",
            "load_meta"]
@@ -102,7 +103,7 @@ def _train_test(cfg: ExperimentConfig) -> tuple[Split, Split]:
             raise DataNotFoundError(
                 f"num_clients={cfg.num_clients} but FEMNIST here has {len(writers)} writers"
             )
-        chosen = np.random.default_rng(cfg.seed).choice(writers, cfg.num_clients, replace=False)
+        chosen = stream("femnist_writers", cfg.seed).choice(writers, cfg.num_clients, replace=False)
         rows = np.flatnonzero(np.isin(groups, chosen))
     else:
         rows = np.arange(len(groups))
@@ -122,7 +123,7 @@ def prepare(cfg: ExperimentConfig) -> Path:
     train, test = _train_test(cfg)
     limit = cfg.dataset.max_train_samples
     if 0 < limit < len(train.y):
-        keep = np.sort(np.random.default_rng(cfg.seed).choice(len(train.y), limit, replace=False))
+        keep = np.sort(stream("train_subset", cfg.seed).choice(len(train.y), limit, replace=False))
         groups = train.groups[keep] if train.groups is not None else None
         train = Split(np.asarray(train.x[keep]), train.y[keep], groups)
     parts = partition_indices(train.y, cfg.partition, cfg.num_clients, cfg.seed, train.groups)

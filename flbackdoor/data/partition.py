@@ -11,6 +11,7 @@ import numpy as np
 
 from flbackdoor.config import PartitionConfig
 from flbackdoor.registries import PARTITIONERS
+from flbackdoor.rng import stream
 
 
 class Partitioner:
@@ -98,7 +99,7 @@ def partition_indices(
 
 def split_by_group(groups: np.ndarray, test_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
     """Per-group (per-writer) train/test split: each group keeps ``test_fraction`` for test."""
-    rng = np.random.default_rng(seed)
+    rng = stream("writer_split", seed)
     order = np.argsort(groups, kind="stable")
     bounds = np.flatnonzero(np.r_[True, groups[order][1:] != groups[order][:-1], True])
     train, test = [], []
