@@ -1,6 +1,3 @@
-"""Defenses as pure tensor functions with thin strategy glue: norm clipping, weak DP noise,
-robust aggregation, federated pruning votes and masks, extreme-weight adjustment, ABL losses.
-
-Filled by the defense issues; each plugs into one hook of the server strategy or the client's
-training routine.
-"""
+"""Server-side defenses, one registered module each (``base.py``: the interface,
+``detection.py``: how well a flagged set detects), and the math of the post-training and
+client-side defenses (federated pruning, ABL) as pure tensor functions."""
