@@ -4,7 +4,12 @@
 # The pinned torch wheels carry CUDA (their nvidia-* wheels): a container given a GPU by the
 # NVIDIA Container Toolkit uses it, the same image runs on CPU everywhere else. No secrets are
 # baked in: certificates and node keys are made at run time into a volume (/certs).
-FROM python:3.11-slim-bookworm
+#
+# BASE_IMAGE: the public Python image by default. On a Docker engine that reaches no registry,
+# scripts/docker-base.sh makes a local stand-in (Debian bookworm + Python 3.11) first:
+#   scripts/docker-base.sh && docker build --build-arg BASE_IMAGE=flbackdoor-base:bookworm -t flbackdoor:latest .
+ARG BASE_IMAGE=python:3.11-slim-bookworm
+FROM ${BASE_IMAGE}
 
 ENV PYTHONUNBUFFERED=1 \
     PIP_NO_CACHE_DIR=1 \
@@ -31,8 +36,10 @@ RUN pip install --no-cache-dir --no-deps -e . \
     && useradd --create-home --uid 1000 --shell /usr/sbin/nologin flwr \
     && mkdir -p /data /results /cache /certs \
     && chown flwr:flwr /data /results /cache /certs \
-    && chmod 1777 /results /cache
+    && chmod 1777 /results /cache /certs
 
+# The default user; compose and federation=docker run the containers as the calling user
+# (FLBACKDOOR_USER, --user) so that results are theirs: any uid can write the volumes above.
 USER 1000:1000
 # Data in, results out; /cache (partition caches) and /certs are volumes in docker-compose.yml.
 VOLUME ["/data", "/results"]
