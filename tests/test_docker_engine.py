@@ -87,8 +87,12 @@ def _check_results(run_dir: Path, rounds: int) -> list[dict]:
     assert [r["round"] for r in rows] == list(range(1, rounds + 1)), rows
     summary = json.loads((run_dir / "summary.json").read_text())
     assert summary["rounds"] == rounds and summary["num_nodes"] == len(ROLES), summary
-    # The malicious SuperNode (partition 3) identified itself as such, and attacked.
-    assert summary["roles"]["malicious"] == [ROLES.index("malicious")], summary["roles"]
+    # One malicious SuperNode, sampled and counted as such in every round. (Which partition the
+    # summary's `roles` names is the experiment's choice, not necessarily the node's: see
+    # the compose test.)
+    assert len(summary["roles"]["malicious"]) == 1, summary["roles"]
+    assert [r["num_malicious"] for r in rows] == [1] * rounds, rows
+    assert summary["final"]["num_malicious"] == 1, summary["final"]
     assert rows[-1]["main_accuracy"] > 0.5, rows  # chance is 0.1
     return rows
 
@@ -186,7 +190,10 @@ def test_compose_up_runs_the_generated_federation_and_down_leaves_nothing(image,
     assert len(runs) == 1, sorted(str(p) for p in results.rglob("*"))
     run_dir = runs[0].parent
     _check_results(run_dir, 2)
-    assert "identified 4 of 4 partitions" in (tmp_path / "compose.log").read_text()
+    log = (tmp_path / "compose.log").read_text()
+    # The ServerApp learnt the roles from the SuperNodes themselves: supernode-3 said malicious.
+    assert "identified 4 of 4 partitions" in log and "(roles: benign=3, malicious=1)" in log
+    assert "malicious partitions sampled: [3]" in log
     assert not _owned_by_caller(results), _owned_by_caller(results)[:10]
 
 
