@@ -1,5 +1,5 @@
-"""The container setup, checked offline. No Docker engine runs on these machines (and no image
-registry is reachable), so nothing here builds or starts a container: the compose files go
+"""The container setup, checked offline (tests/test_docker_engine.py builds the image and runs
+the federation on a real engine). Nothing here builds or starts a container: the compose files go
 through a real Compose implementation's validator (Debian's docker-compose), the Dockerfile
 through hadolint, and the Docker SDK launcher's container specs (``federation=docker``) are
 compared with what that validator resolves from ``docker-compose.yml``. The certificate maker is
@@ -172,8 +172,10 @@ def test_docker_launcher_specs_match_the_compose_services(gpu_compose, tmp_path)
     assert not any("device_requests" in s or "user" in s for s in cpu)
 
 
-def test_docker_launcher_without_an_engine_says_so():
-    """No engine runs here (nor in CI): federation=docker stops with one clear line."""
+def test_docker_launcher_without_an_engine_says_so(tmp_path, monkeypatch):
+    """Where no engine answers, federation=docker stops with one clear line (an engine runs
+    here: the client is pointed at a socket nobody serves)."""
+    monkeypatch.setenv("DOCKER_HOST", f"unix://{tmp_path / 'no-engine.sock'}")
     with pytest.raises(RunFailed, match="federation=docker needs a running Docker engine"):
         engine()
 

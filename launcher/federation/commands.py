@@ -16,6 +16,7 @@ from dataclasses import dataclass
 FLOWER_ENV = {
     "FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION": "1",
     "FLWR_DISABLE_UPDATE_CHECK": "1",
+    "FLWR_TELEMETRY_ENABLED": "0",  # Flower posts usage events to its server by default
     "PYTHONUNBUFFERED": "1",
 }
 

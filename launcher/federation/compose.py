@@ -51,8 +51,10 @@ def _mount(path: str, read_only: bool = False) -> str:
 
 
 def _service(command: list[str], mounts: list[str], **extra) -> dict:
-    return {"image": f"${{FLBACKDOOR_IMAGE:-{IMAGE}}}", "build": ".", "command": command,
-            "volumes": mounts, **extra}
+    # user: FLBACKDOOR_USER=$(id -u):$(id -g) makes the results yours (default: the image's).
+    return {"image": f"${{FLBACKDOOR_IMAGE:-{IMAGE}}}", "build": ".",
+            "user": "${FLBACKDOOR_USER:-1000:1000}", "command": command, "volumes": mounts,
+            **extra}
 
 
 def _federation_service(s: Service, depends_on: dict) -> dict:
