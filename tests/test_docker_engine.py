@@ -113,7 +113,7 @@ def _leftovers(label: str) -> dict[str, list[str]]:
 
 
 def _free_port() -> int:
-    from flbackdoor.federation.processes import free_port
+    from launcher.federation.processes import free_port
 
     return free_port("127.0.0.1")
 
@@ -140,7 +140,7 @@ class Compose:
 
 
 def test_compose_up_runs_the_generated_federation_and_down_leaves_nothing(image, tmp_path):
-    from flbackdoor.federation.compose import main as compose_main
+    from launcher.federation.compose import main as compose_main
 
     folder, results = tmp_path / "compose", tmp_path / "results"
     folder.mkdir()
@@ -209,7 +209,7 @@ def test_federation_docker_survives_a_killed_supernode_container(image, tmp_path
     cache = tmp_path / "cache"
     cache.mkdir()
     proc = subprocess.Popen(
-        [sys.executable, "-m", "flbackdoor.cli", "federation=docker", f"federation.image={image}",
+        [sys.executable, "-m", "launcher.cli", "federation=docker", f"federation.image={image}",
          "federation.gpus=none", f"data.root={SHARED_DATA}", f"data.cache_dir={cache}",
          "num_clients=4", "clients_per_round=4", "attack=boosted", "attack.task=pixel_pattern",
          "attack.num_malicious=1", "attack.schedule=fixed_frequency", *TINY,

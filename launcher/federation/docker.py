@@ -65,7 +65,7 @@ def container_specs(roles: list[str], image: str, tls: bool, prefix: str, paths:
             "hostname": s.name,
             "init": True,
             "detach": True,
-            "labels": {"launcher.federation": prefix, "flbackdoor.service": s.name},
+            "labels": {"flbackdoor.federation": prefix, "flbackdoor.service": s.name},
         }
         if user:
             spec["user"] = user
@@ -156,7 +156,7 @@ def run_docker(cfg: ExperimentConfig, run_dir: Path) -> int:
     control = f"{f.host}:{ports[CONTROL_PORT]}"
     home = write_flwr_home(run_dir, control, insecure=not f.tls,
                            root_certificates=str(certs / "ca.crt") if f.tls else "")
-    client.networks.create(prefix, driver="bridge", labels={"launcher.federation": prefix})
+    client.networks.create(prefix, driver="bridge", labels={"flbackdoor.federation": prefix})
     group = Containers(client, prefix, run_dir / "logs")
     try:
         group.run(specs[0])
