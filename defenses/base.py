@@ -15,6 +15,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
+import torch
+
 from flbackdoor.config import ExperimentConfig
 from flbackdoor.updates import StateDict
 
@@ -65,6 +67,22 @@ class Defense:
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         pass
+
+
+class NoisyDefense(Defense):
+    """A defense that draws noise: its generator is seeded by the experiment and its state is
+    the defense's state, so a resumed run draws the noise the uninterrupted one would."""
+
+    def __init__(self, config: DefenseConfig, cfg: ExperimentConfig) -> None:
+        super().__init__(config, cfg)
+        self.generator = torch.Generator().manual_seed(cfg.seed)
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"noise_rng": self.generator.get_state()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        if "noise_rng" in state:
+            self.generator.set_state(state["noise_rng"])
 
 
 def build_defense(cfg: ExperimentConfig, defended: bool = True) -> Defense:

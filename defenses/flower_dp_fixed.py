@@ -7,9 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-import torch
-
-from defenses.base import Aggregate, Defense, Updates
+from defenses.base import Aggregate, NoisyDefense, Updates
 from defenses.norm_clipping import ClippingConfig, clip_all
 from defenses.weak_dp import gaussian_noise_like
 from flbackdoor.config import ExperimentConfig, check
@@ -30,12 +28,8 @@ class FixedClippingDPConfig(ClippingConfig):
 
 
 @DEFENSES.register("flower_dp_fixed")
-class FixedClippingDP(Defense):
+class FixedClippingDP(NoisyDefense):
     Config = FixedClippingDPConfig
-
-    def __init__(self, config: FixedClippingDPConfig, cfg: ExperimentConfig) -> None:
-        super().__init__(config, cfg)
-        self.generator = torch.Generator().manual_seed(cfg.seed)
 
     def aggregate(self, updates: Updates) -> Aggregate:
         c = self.config
@@ -45,9 +39,3 @@ class FixedClippingDP(Defense):
         noise = gaussian_noise_like(mean, std, self.generator)
         return Aggregate({k: v + noise[k] for k, v in mean.items()},
                          stats={"fraction_clipped": count / len(updates.deltas)})
-
-    def state_dict(self) -> dict:
-        return {"noise_rng": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["noise_rng"])

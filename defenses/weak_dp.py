@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 import torch
 
-from defenses.base import Aggregate, Defense, Updates
+from defenses.base import Aggregate, NoisyDefense, Updates
 from defenses.norm_clipping import ClippingConfig, clip_all
 from flbackdoor.config import ExperimentConfig, check
 from flbackdoor.registries import DEFENSES
@@ -47,21 +47,11 @@ class WeakDPConfig(ClippingConfig):
 
 
 @DEFENSES.register("weak_dp")
-class WeakDP(Defense):
+class WeakDP(NoisyDefense):
     Config = WeakDPConfig
-
-    def __init__(self, config: WeakDPConfig, cfg: ExperimentConfig) -> None:
-        super().__init__(config, cfg)
-        self.generator = torch.Generator().manual_seed(cfg.seed)
 
     def aggregate(self, updates: Updates) -> Aggregate:
         c = self.config
         clipped, count = clip_all(updates.deltas, c.norm_bound)
         delta = noisy_mean(clipped, c.noise_std, self.cfg.clients_per_round, self.generator)
         return Aggregate(delta, stats={"fraction_clipped": count / len(updates.deltas)})
-
-    def state_dict(self) -> dict:
-        return {"noise_rng": self.generator.get_state()}
-
-    def load_state_dict(self, state: dict) -> None:
-        self.generator.set_state(state["noise_rng"])
