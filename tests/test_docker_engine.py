@@ -33,7 +33,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from server.results import read_metrics
+from flbackdoor.results import read_metrics
 
 from conftest import REPO, SHARED_DATA, requires_shared_data
 
