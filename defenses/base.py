@@ -38,6 +38,9 @@ class Updates:
     partitions: list[int]  # who sent each
     server_round: int
     num_sampled: int  # nodes sampled this round (m), replies or not
+    # w_t, the model the clients started from, for defenses that evaluate or train models
+    # (FLTrust's server update, DeepSight's DDifs, FLDetector's history).
+    global_state: StateDict = field(default_factory=dict)
 
 
 @dataclass

@@ -68,7 +68,7 @@ def main(grid: Grid, context: Context) -> None:
     last = train(run, runner, writer)
     if run.cfg.pruning.enabled:
         post_training_defense(run, runner, writer, last)
-    summarize(run, writer, len(members.nodes), time.monotonic() - started)
+    summarize(run, writer, members, time.monotonic() - started)
 
 
 def setup(context: Context) -> Run:
@@ -100,11 +100,11 @@ def identify_nodes(grid: Grid, run: Run) -> Membership:
     nodes = identify(grid, run.cfg.num_clients, s.identify_timeout_s, s.poll_interval_s)
     if not nodes:
         raise RuntimeError("no node answered the identify query: nothing to train with")
-    reported = tuple(sorted(p for p, n in nodes.items() if n.role == "malicious"))
-    if reported != tuple(sorted(run.roles.malicious)):
+    members = Membership(grid, nodes, run.cfg.num_clients, s.round_timeout_s, s.poll_interval_s)
+    if (reported := members.reported("malicious")) != sorted(run.roles.malicious):
         log(WARNING, "nodes report malicious partitions %s; the experiment assigns %s",
-            list(reported), sorted(run.roles.malicious))
-    return Membership(grid, nodes, run.cfg.num_clients, s.round_timeout_s, s.poll_interval_s)
+            reported, sorted(run.roles.malicious))
+    return members
 
 
 def resume(run: Run) -> bool:
@@ -184,9 +184,11 @@ def post_training_defense(run: Run, runner: RoundRunner, writer: ResultsWriter,
                     last + run.cfg.pruning.finetune_rounds, pruning=saved)
 
 
-def summarize(run: Run, writer: ResultsWriter, num_nodes: int, wall_time_s: float) -> None:
+def summarize(run: Run, writer: ResultsWriter, members: Membership, wall_time_s: float) -> None:
     """summary.json: the final row, the roles, and the defense's detection totals over the
-    attack rounds."""
+    attack rounds. ``malicious`` is who attacked: the partitions whose nodes said so (a compose
+    file or hand-started nodes may differ from the experiment's seeded assignment, which is
+    then kept as ``assigned_malicious``)."""
     attack_rounds = [r for r in writer.rows if r.get("phase") == "train" and "detector" in r
                      and r.get("num_malicious", 0) > 0]
     if attack_rounds:
@@ -194,10 +196,13 @@ def summarize(run: Run, writer: ResultsWriter, num_nodes: int, wall_time_s: floa
             totals([{k: r[f"detection_{k}"] for k in ("tp", "fp", "fn", "tn")}
                     for r in attack_rounds]) if run.defense.detects
             else {"detector": False, "rounds": len(attack_rounds)})
-    roles = {"malicious": list(run.roles.malicious), "targets": list(run.roles.targets),
+    malicious = members.reported("malicious")
+    roles = {"malicious": malicious, "targets": list(run.roles.targets),
              "poisoned": list(poisoned_partitions(run.cfg, run.roles.malicious))}
+    if malicious != sorted(run.roles.malicious):
+        roles["assigned_malicious"] = sorted(run.roles.malicious)
     summary = writer.finish(wall_time_s, initial=run.initial, pretrain=run.pretrain,
-                            num_nodes=num_nodes, roles=roles, **run.extra)
+                            num_nodes=len(members.nodes), roles=roles, **run.extra)
     log(INFO, "done: final %s after %d rounds in %.1fs (results in %s)",
         {k: v for k, v in summary["final"].items() if k.endswith("accuracy")},
         summary["rounds"], summary["wall_time_s"], run.out_dir)

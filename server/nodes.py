@@ -109,6 +109,10 @@ class Membership:
     def partition_of(self, node_id: int) -> int | None:
         return next((p for p, n in self.nodes.items() if n.node_id == node_id), None)
 
+    def reported(self, role: str) -> list[int]:
+        """The partitions whose nodes said they play ``role``, sorted."""
+        return sorted(p for p, n in self.nodes.items() if n.role == role)
+
     def live(self) -> dict[int, Node]:
         return {p: n for p, n in self.nodes.items() if p not in self.silent}
 

@@ -160,7 +160,7 @@ class RoundRunner:
         if len(replies) >= s.min_replies:
             outcome = defense.aggregate(Updates(
                 deltas, [float(m[P.NUM_EXAMPLES]) for m in metrics], partitions, rnd,
-                len(messages)))
+                len(messages), global_state))
         else:
             log(INFO, "round %d: %d replies < server.min_replies=%d, model kept",
                 rnd, len(replies), s.min_replies)
