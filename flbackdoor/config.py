@@ -226,6 +226,9 @@ class ExperimentConfig:
     pretrain_rounds: int = 0
     checkpoint: str = ""  # start from this saved model instead (a checkpoint.pt of a run)
     resume: str = ""  # a run folder: continue it from its last checkpointed round
+    # A job whose output folder already holds the finished run of this same experiment is not
+    # run again (resumable sweeps with name-based job folders: experiment=matrix).
+    skip_done: bool = False
 
     def __post_init__(self) -> None:
         # Hydra and the run config hand the options over as plain mappings; the registries

@@ -22,6 +22,10 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 log = logging.getLogger("flbackdoor")
 
 ConfigStore.instance().store(name="schema", node=ExperimentConfig)
+# ${case:KEY,{A: x, B: y},DEFAULT}: the value for KEY, else DEFAULT. Lets one preset set a field
+# per option of a swept group (experiment=matrix: no attackers in the attack=none column).
+OmegaConf.register_new_resolver("case", lambda key, table, default=None: table.get(key, default),
+                                replace=True)
 
 
 def resolve(dcfg: DictConfig) -> ExperimentConfig:
@@ -57,6 +61,14 @@ def run(dcfg: DictConfig) -> dict:
     run_dir = Path(cfg.resume) if cfg.resume else Path(HydraConfig.get().runtime.output_dir)
     log.info("experiment %s, results in %s", HydraConfig.get().runtime.choices.get("experiment"),
              run_dir)
+    if cfg.skip_done:
+        from dataclasses import asdict
+
+        from launcher.sweep import finished_run
+
+        if (done := finished_run(run_dir, asdict(cfg))) is not None:
+            log.info("skip_done: %s already holds this experiment's finished run", run_dir)
+            return done
     if cfg.federation.mode != "remote":  # remote data lives on the SuperLink's host
         cache = prepare(cfg)  # fails here, before any process starts, if the data is missing
         log.info("data cache: %s", cache)
@@ -103,7 +115,7 @@ def unknown_option(argv: list[str]) -> str | None:
               "dataset": registries.DATASETS, "partition": registries.PARTITIONERS}
     for arg in argv:
         key, _, value = arg.lstrip("+~").partition("=")
-        if key in groups and value:
+        if key in groups and value and "(" not in value:  # not a sweep function: glob(*)
             for name in value.split(","):
                 if name not in groups[key]:
                     return (f"{key}={name!r} is not registered; registered: "

@@ -13,11 +13,12 @@ from pathlib import Path
 
 
 def run_dirs(paths: list[Path]) -> list[Path]:
-    """Run folders; a sweep folder stands for its numbered job folders."""
+    """Run folders; a sweep folder stands for its job folders."""
+    from launcher.sweep import job_dirs
+
     out = []
     for p in paths:
-        jobs = sorted((j for j in p.iterdir() if j.is_dir() and j.name.isdigit()),
-                      key=lambda j: int(j.name)) if p.is_dir() else []
+        jobs = job_dirs(p) if p.is_dir() else []
         out += [j for j in jobs if (j / "metrics.jsonl").exists()] or [p]
     return out
 

@@ -14,13 +14,45 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 
+# What may differ between two runs of the same experiment: where the data and the processes
+# were, and how the run was asked for.
+_NOT_THE_EXPERIMENT = ("data", "federation", "device", "resume", "skip_done")
+
+
+def same_experiment(a: dict, b: dict) -> bool:
+    """Whether two resolved configs (``asdict`` form) describe the same experiment."""
+    return ({k: v for k, v in a.items() if k not in _NOT_THE_EXPERIMENT}
+            == {k: v for k, v in b.items() if k not in _NOT_THE_EXPERIMENT})
+
+
+def finished_run(run_dir: Path, config: dict) -> dict | None:
+    """The summary of the finished run of experiment ``config`` in ``run_dir``, if there is one
+    (a rerun of a resumable sweep keeps it instead of measuring it again)."""
+    path = run_dir / "summary.json"
+    if not path.exists():
+        return None
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return summary if same_experiment(summary.get("config", {}), config) else None
+
+
+def job_dirs(sweep_dir: Path) -> list[Path]:
+    """A sweep's job folders: Hydra's numbered ones, or the name-based ones of a preset's
+    ``hydra.sweep.subdir`` (``<defense>/<attack>``), any depth; in job order where numbered."""
+    jobs = [p.parent.parent for p in sweep_dir.glob("**/.hydra/overrides.yaml")]
+    return sorted(jobs, key=lambda p: (0, int(p.name), "") if p.name.isdigit()
+                  else (1, 0, str(p.relative_to(sweep_dir))))
+
+
 def sweep_rows(sweep_dir: Path) -> list[dict[str, Any]]:
     rows = []
-    for job in sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()),
-                      key=lambda p: int(p.name)):
-        overrides_file = job / ".hydra" / "overrides.yaml"
-        overrides = OmegaConf.load(overrides_file) if overrides_file.exists() else []
-        row: dict[str, Any] = {"job": int(job.name), "overrides": " ".join(overrides)}
+    for job in job_dirs(sweep_dir):
+        overrides = OmegaConf.load(job / ".hydra" / "overrides.yaml")
+        name = str(job.relative_to(sweep_dir))
+        row: dict[str, Any] = {"job": int(name) if name.isdigit() else name,
+                               "overrides": " ".join(overrides)}
         summary_file = job / "summary.json"
         if summary_file.exists():
             summary = json.loads(summary_file.read_text())
