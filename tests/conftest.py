@@ -86,3 +86,44 @@ def flower_processes(run_dir: Path | None = None) -> set[int]:
         if state != "Z" and any(n in cmd for n in names):
             found.add(int(proc.name))
     return found
+
+
+@pytest.fixture
+def run_identity(monkeypatch):
+    """Messages need the run identity a ServerApp process gets from its SuperLink."""
+    from flwr.supercore.task_identity import TaskIdentity
+    monkeypatch.setattr(TaskIdentity, "_run_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_node_id", 1)
+    monkeypatch.setattr(TaskIdentity, "_task_id", 1)
+
+
+class FakeGrid:
+    """Answers each pushed train message with ``respond(node_id, message)``, or never (None)."""
+
+    def __init__(self, node_ids, respond):
+        self.node_ids, self.respond = list(node_ids), respond
+        self.replies, self.sent = [], []
+
+    def get_node_ids(self):
+        return list(self.node_ids)
+
+    def push_messages(self, messages):
+        ids = []
+        for i, msg in enumerate(messages):
+            mid = f"m{len(self.sent)}"
+            msg.metadata.__dict__["_message_id"] = mid
+            self.sent.append(msg)
+            content = self.respond(msg.metadata.dst_node_id, msg)
+            if content is not None:
+                from flwr.app import Message
+
+                reply = Message(content, reply_to=msg)
+                reply.metadata.__dict__["_src_node_id"] = msg.metadata.dst_node_id
+                self.replies.append(reply)
+            ids.append(mid)
+        return ids
+
+    def pull_messages(self, ids):
+        out = [r for r in self.replies if r.metadata.reply_to_message_id in ids]
+        self.replies = [r for r in self.replies if r not in out]
+        return out
