@@ -85,16 +85,25 @@ def run(dcfg: DictConfig) -> dict:
     return summary
 
 
+class JobFailed(Exception):
+    """One job of a multirun failed: Hydra records it and goes on with the next job (an exit
+    would end the whole sweep); ``sweep_summary.csv`` gets its line, and the command exits 1
+    after the last job."""
+
+
 @hydra.main(version_base="1.3", config_path=str(CONF_DIR), config_name="config")
 def _hydra_main(dcfg: DictConfig) -> float | None:
+    from hydra.types import RunMode
+
     try:
         summary = run(dcfg)
-    except (ConfigError, DataNotFoundError) as err:
-        print(f"flbackdoor: error: {err}", file=sys.stderr)
-        sys.exit(2)
-    except (RunFailed, ProcessFailed) as err:
-        print(f"flbackdoor: run failed: {err}", file=sys.stderr)
-        sys.exit(1)
+    except (ConfigError, DataNotFoundError, RunFailed, ProcessFailed) as err:
+        bad_config = isinstance(err, (ConfigError, DataNotFoundError))
+        line = f"{'error' if bad_config else 'run failed'}: {err}"
+        print(f"flbackdoor: {line}", file=sys.stderr)
+        if HydraConfig.get().mode == RunMode.MULTIRUN:
+            raise JobFailed(line) from None
+        sys.exit(2 if bad_config else 1)
     return summary.get("final", {}).get("main_accuracy")
 
 

@@ -9,10 +9,13 @@ from pathlib import Path
 from typing import Any
 
 from hydra.core.hydra_config import HydraConfig
+from hydra.core.utils import JobStatus
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+
+ERROR_FILE = "error.txt"  # a failed job's one-line reason, beside its .hydra/
 
 # What may differ between two runs of the same experiment: where the data and the processes
 # were, and how the run was asked for.
@@ -63,6 +66,9 @@ def sweep_rows(sweep_dir: Path) -> list[dict[str, Any]]:
                     row[f"final_{key}"] = value
         else:
             row["status"] = "failed"
+            error = job / ERROR_FILE
+            if error.exists():
+                row["error"] = error.read_text().strip()
         rows.append(row)
     return rows
 
@@ -82,5 +88,10 @@ def write_sweep_summary(sweep_dir: Path) -> Path:
 
 class SweepSummary(Callback):
     def on_job_end(self, config: DictConfig, job_return: Any, **kwargs: Any) -> None:
-        if HydraConfig.get().mode == RunMode.MULTIRUN:
-            write_sweep_summary(Path(HydraConfig.get().sweep.dir))
+        if HydraConfig.get().mode != RunMode.MULTIRUN:
+            return
+        if job_return.status == JobStatus.FAILED:
+            err = job_return._return_value  # the job's exception (return_value would raise it)
+            line = str(err).splitlines()[0] if str(err) else type(err).__name__
+            (Path(HydraConfig.get().runtime.output_dir) / ERROR_FILE).write_text(line + "\n")
+        write_sweep_summary(Path(HydraConfig.get().sweep.dir))

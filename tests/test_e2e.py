@@ -73,18 +73,20 @@ def test_simulation_engine(tmp_path, cache_dir):
     assert no_leftovers(tmp_path)
 
 
-def test_multirun_writes_sweep_summary(tmp_path, cache_dir):
+def test_multirun_records_a_failed_job_goes_on_and_exits_nonzero(tmp_path, cache_dir):
+    """Job 0 is a bad config: a ``failed`` row with its reason; job 1 still runs; the command
+    exits 1 after the last job."""
     res = flbackdoor(["-m", *small(cache_dir, "federation=simulation", "num_rounds=1",
-                                   "client.lr=0.01,0.05", f"hydra.sweep.dir={tmp_path}")])
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+                                   "client.lr=-1,0.05", f"hydra.sweep.dir={tmp_path}")])
+    assert res.returncode == 1, res.stdout[-3000:] + res.stderr[-3000:]
     with (tmp_path / "sweep_summary.csv").open() as f:
         rows = list(csv.DictReader(f))
     assert [r["job"] for r in rows] == ["0", "1"]
-    assert [r["status"] for r in rows] == ["done", "done"]
-    assert "client.lr=0.01" in rows[0]["overrides"] and "client.lr=0.05" in rows[1]["overrides"]
-    for r in rows:
-        assert 0.1 < float(r["final_main_accuracy"]) <= 1.0 and r["rounds"] == "1"
-        assert (tmp_path / r["job"] / "metrics.jsonl").exists()
+    assert [r["status"] for r in rows] == ["failed", "done"]
+    assert rows[0]["error"] == "error: client.lr=-1.0 must be positive", rows[0]
+    assert "client.lr=-1" in rows[0]["overrides"] and "client.lr=0.05" in rows[1]["overrides"]
+    assert 0.1 < float(rows[1]["final_main_accuracy"]) <= 1.0 and rows[1]["rounds"] == "1"
+    assert (tmp_path / "1" / "metrics.jsonl").exists()
     assert no_leftovers(tmp_path)
 
 
