@@ -73,10 +73,12 @@ def local_models(updates: Updates) -> list[StateDict]:
 
 
 def cosine_distances(flat: torch.Tensor) -> np.ndarray:
-    """c_ij = 1 - cos(x_i, x_j) of the rows, in float64, symmetric, zero diagonal, >= 0."""
+    """c_ij = 1 - cos(x_i, x_j) of the rows, in float64. Computed as ||u_i - u_j||^2 / 2 of the
+    unit rows u (the same value), from their differences, so equal directions give exactly 0
+    rather than 1 - (1 +- rounding), which HDBSCAN would read as structure."""
     x = flat.double()
     unit = x / x.norm(dim=1, keepdim=True).clamp_min(1e-300)
-    d = (1.0 - unit @ unit.T).clamp_min(0.0)
+    d = torch.cdist(unit, unit, compute_mode="donot_use_mm_for_euclid_dist") ** 2 / 2
     d = (d + d.T) / 2
     d.fill_diagonal_(0.0)
     return d.numpy()
