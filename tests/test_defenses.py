@@ -115,7 +115,14 @@ def test_noise_state_survives_a_checkpoint():
     assert torch.equal(b.aggregate(up).delta["x"], expected)
 
 
-@pytest.mark.parametrize("name", DEFENSES.names())
+# Defenses that train on the server's own data (they need w_t and a partition cache; their
+# own test files run them), and detectors that by design do not flag one lone outlier
+# (FoolsGold down-weights updates that look alike: here the six honest ones).
+NEEDS_MODEL = ("fltrust",)
+SIMILARITY_DETECTORS = ("foolsgold",)
+
+
+@pytest.mark.parametrize("name", [n for n in DEFENSES.names() if n not in NEEDS_MODEL])
 def test_every_defense_aggregates_finite_and_reports_its_verdict(name):
     cfg = validate(ExperimentConfig(clients_per_round=7, num_clients=7,
                                     defense={"name": name}))
@@ -127,7 +134,7 @@ def test_every_defense_aggregates_finite_and_reports_its_verdict(name):
     if name in ("krum", "multikrum", "bulyan", "fedmedian", "fedtrimmedavg", "norm_clipping",
                 "weak_dp"):  # the wild update does not carry the aggregate
         assert out.delta["x"].abs().max() < 8.0
-    if d.detects:
+    if d.detects and name not in SIMILARITY_DETECTORS:
         assert 6 in out.flagged
 
 
