@@ -14,7 +14,9 @@ from flbackdoor.updates import weighted_mean
 
 def _defense(**fields):
     cfg = validate(ExperimentConfig(num_clients=10, clients_per_round=10,
-                                    defense={"name": "foolsgold", **fields}))
+                                    defense={"name": "foolsgold",
+                                             # hand-made updates have no output layer
+                                             "output_layer_only": False, **fields}))
     return build_defense(cfg)
 
 

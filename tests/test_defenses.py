@@ -120,12 +120,13 @@ def test_noise_state_survives_a_checkpoint():
 # (FoolsGold down-weights updates that look alike: here the six honest ones).
 NEEDS_MODEL = ("fltrust",)
 SIMILARITY_DETECTORS = ("foolsgold",)
+OPTIONS = {"foolsgold": {"output_layer_only": False}}  # these updates have no output layer
 
 
 @pytest.mark.parametrize("name", [n for n in DEFENSES.names() if n not in NEEDS_MODEL])
 def test_every_defense_aggregates_finite_and_reports_its_verdict(name):
     cfg = validate(ExperimentConfig(clients_per_round=7, num_clients=7,
-                                    defense={"name": name}))
+                                    defense={"name": name, **OPTIONS.get(name, {})}))
     d = build_defense(cfg)
     rows = [[0.1 * i, -0.1 * i, 0.05] for i in range(1, 7)] + [[50.0, 50.0, 50.0]]
     out = d.aggregate(_updates(rows, weights=[10.0] * 7))
