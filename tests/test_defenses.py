@@ -127,7 +127,7 @@ def test_every_defense_aggregates_finite_and_reports_its_verdict(name):
     if name in ("krum", "multikrum", "bulyan", "fedmedian", "fedtrimmedavg", "norm_clipping",
                 "weak_dp"):  # the wild update does not carry the aggregate
         assert out.delta["x"].abs().max() < 8.0
-    if d.detects:
+    if d.detects and name != "fldetector":  # fldetector flags nobody before N rounds of history
         assert 6 in out.flagged
 
 
