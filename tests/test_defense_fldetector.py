@@ -149,7 +149,7 @@ def test_history_survives_state_dict_into_a_fresh_instance():
     buffer = io.BytesIO()
     torch.save(a.state_dict(), buffer)
     b = build_defense(_cfg())
-    b.load_state_dict(torch.load(io.BytesIO(buffer.getvalue()), weights_only=False))
+    b.load_state_dict(torch.load(io.BytesIO(buffer.getvalue()), weights_only=True))
     up = fed.updates(5)
     out_a, out_b = a.aggregate(up), b.aggregate(up)
     assert out_b.flagged == out_a.flagged == frozenset({5})
