@@ -2,7 +2,7 @@
 Poisoning Attacks via Detecting Malicious Clients", KDD 2022), Algorithms 1-3.
 
 A client's update should be consistent with its own past: by the Cauchy mean value theorem
-(section 3.2) g_i(w_t) ~ g_i(w_{t-1}) + H_t (w_t - w_{t-1}), with H_t the (integrated) Hessian.
+(the paper's prediction step) g_i(w_t) ~ g_i(w_{t-1}) + H_t (w_t - w_{t-1}), with H_t the (integrated) Hessian.
 The server approximates the Hessian-vector product from the global history and scores every
 client by how far its update is from that prediction:
 
@@ -30,7 +30,7 @@ gives -H v), so the prediction in update units is the paper's prediction, negate
 Deviations, each because the paper's setting differs from this server's:
 
 - Removal and restart. The paper removes the detected clients from the system and restarts
-  training with the rest (section 3.4). This server keeps its model, so a detected client is
+  training with the rest (Algorithm 1 returns the detected clients and stops). This server keeps its model, so a detected client is
   removed for good: excluded (flagged) in every later round it replies to, and never scored
   again. The detector itself restarts: its suspicious-score window is cleared, so the next
   verdict on the remaining clients needs N fresh rounds of scores (the model history and the
