@@ -125,10 +125,10 @@ def test_every_defense_aggregates_finite_and_reports_its_verdict(name):
     assert torch.isfinite(out.delta["x"]).all()
     assert d.detects or out.flagged == frozenset()
     if name in ("krum", "multikrum", "bulyan", "fedmedian", "fedtrimmedavg", "norm_clipping",
-                "weak_dp"):  # the wild update does not carry the aggregate
+                "weak_dp", "deepsight"):  # the wild update does not carry the aggregate
         assert out.delta["x"].abs().max() < 8.0
-    if d.detects:
-        assert 6 in out.flagged
+    if d.detects and name != "deepsight":  # DeepSight clips, not rejects, an update whose
+        assert 6 in out.flagged  # NEUPs look benign (tests/test_defense_deepsight.py)
 
 
 def test_an_unknown_defense_fails_in_one_line_listing_the_registered():
