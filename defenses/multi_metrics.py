@@ -1,28 +1,30 @@
 """Multi-metrics (Huang, Li, Chen, Shi, Gao, "Multi-Metrics Adaptively Identifies Backdoors in
-Federated Learning", ICCV 2023), section 3 and its Algorithm 1:
+Federated Learning", ICCV 2023), its method section ("multiple metrics as feature of gradient",
+"dynamic weighting via whitening") and algorithm:
 
-1. Multi-metric features (section 3.2): for every update Delta_i, its cosine distance,
-   Manhattan (L1) distance and Euclidean (L2) distance to every other update of the round,
-   summed per metric: x'_i = (sum_j 1 - cos(D_i, D_j), sum_j ||D_i - D_j||_1,
-   sum_j ||D_i - D_j||_2) (:func:`metric_features`).
-2. Dynamic weighting by whitening (section 3.3): Sigma = the sample covariance of the clients'
-   x' vectors, score_i = sqrt(x'_i^T Sigma^-1 x'_i) (:func:`whitened_scores`). Sigma is singular
-   when the round has 3 updates or fewer, or its features are collinear (identical updates):
-   then the Moore-Penrose pseudo-inverse stands in for the inverse (stat
-   ``multi_metrics_pinv``).
+1. Multi-metric features: for every update Delta_i, its cosine distance, Manhattan (L1)
+   distance and Euclidean (L2) distance to every other update of the round, summed per
+   metric: x'_i = (sum_j 1 - cos(D_i, D_j), sum_j ||D_i - D_j||_1, sum_j ||D_i - D_j||_2)
+   (:func:`metric_features`).
+2. Dynamic weighting by whitening: Sigma = the sample covariance of the clients' x' vectors,
+   score_i = sqrt(x'_i^T Sigma^-1 x'_i) (:func:`whitened_scores`). Sigma is singular when the
+   round has 3 updates or fewer, or its features are collinear (identical updates): then the
+   Moore-Penrose pseudo-inverse stands in for the inverse (stat ``multi_metrics_pinv``).
 3. Selection: the fraction p of the clients with the lowest scores (the least divergent) is
    kept, floor(p * n) of them and at least one, and averaged n_k-weighted as FedAvg
    (:func:`select_lowest`); the others are flagged. p = 0.3 kept, as in the authors' code
    (github.com/siquanhuang/Multi-metrics, defense.py: ``p = 0.3``, the ``int(p * n)`` lowest
    scores are aggregated).
 
-Deviations, where the authors' own texts disagree: the project page (the paper's section 3.2)
-builds per-client features (||D_i||_1, ||D_i||_2, cos(w_t, w_i)) and sums their absolute
-differences, so its "Euclidean" term is the difference of lengths; the authors' code uses the
-pairwise L1 distance, the difference of L2 lengths, and the squared cosine distance, between
-whole models w_i rather than updates. This module takes the pairwise distances between the
-updates named in the algorithm's summary (cosine distance, L1, L2), which treat all three the
-same way and need no global model; ties in the score are broken by partition order.
+Deviations, where the authors' own texts disagree: their project page (the paper's feature
+definition) builds per-client features (||D_i||_1, ||D_i||_2, cos(w_t, w_i)) and sums their
+absolute differences, so its "Euclidean" term is the difference of lengths; the authors' code
+uses the pairwise L1 distance, the difference of L2 lengths, and the squared cosine distance,
+between whole models w_i rather than updates. This module takes the pairwise distances between
+the updates named in the algorithm's summary (cosine distance, L1, L2), which treat all three
+alike and need no global model; ties in the score are broken by partition order. The code
+ranks by x'^T Sigma^-1 x' (no square root: the same order); the project page's sentence "we
+select gradients with higher scores" contradicts its code, which keeps the lowest.
 """
 
 from __future__ import annotations
