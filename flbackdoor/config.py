@@ -80,6 +80,9 @@ class ClientConfig:
     num_threads: int = 1
 
 
+NUM_EXAMPLES_POLICIES = ("known", "cap", "trust")
+
+
 @dataclass
 class ServerConfig:
     lr: float = 1.0  # eta in w_{t+1} = w_t + eta * sum(n_k * delta_k) / sum(n_k)
@@ -95,6 +98,13 @@ class ServerConfig:
     identify_timeout_s: float = 300.0
     max_examples: int = 1_000_000  # a reply's num-examples must be in [1, max_examples]
     max_update_bytes: int = 200_000_000  # a reply's arrays may not be larger
+    # A reply's update ||w_k - w_t|| may not be larger: far above any attack here (boosted
+    # model replacement reaches ~1e2-1e3), low enough that no statistic overflows.
+    max_update_norm: float = 1.0e6
+    # The FedAvg weight n_k of a reply. known: the size of the node's partition, which the
+    # server computes itself (a count above it is rejected); cap: the reported count, at most
+    # that size; trust: the reported count (an attack surface: one node can claim ~all weight).
+    num_examples: str = "known"
     checkpoint_every: int = 1  # write <run>/checkpoint.pt every N rounds (resume point)
 
 
@@ -309,6 +319,8 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
         check(Path(cfg.checkpoint).is_file(), f"checkpoint={cfg.checkpoint} is not a file")
     check(s.max_examples >= 1, f"server.max_examples={s.max_examples} must be at least 1")
     check(s.max_update_bytes > 0, f"server.max_update_bytes={s.max_update_bytes} must be positive")
+    check(s.max_update_norm > 0, f"server.max_update_norm={s.max_update_norm} must be positive")
+    one_of("server.num_examples", s.num_examples, NUM_EXAMPLES_POLICIES)
     check(s.checkpoint_every >= 1, f"server.checkpoint_every={s.checkpoint_every} must be >= 1")
     _validate_pruning(cfg.pruning)
     f = cfg.federation

@@ -65,16 +65,23 @@ def reply_metrics(msg: Message) -> dict:
     return dict(next(iter(msg.content.metric_records.values())))
 
 
-def mean_train_loss(metrics: list[dict]) -> float | None:
+def example_weights(policy: str, reported: list[float], known: list[int]) -> list[float]:
+    """The replies' FedAvg weights n_k under ``server.num_examples`` (``known``: the partition
+    sizes the server computed; ``cap``: the reported counts, at most those; ``trust``: the
+    reported counts)."""
+    if policy == "trust":
+        return list(reported)
+    if policy == "cap":
+        return [min(r, float(k)) for r, k in zip(reported, known)]
+    return [float(k) for k in known]
+
+
+def mean_train_loss(metrics: list[dict], weights: list[float]) -> float | None:
     """The n_k-weighted mean of the replies' train losses."""
-    weights = [float(m[P.NUM_EXAMPLES]) for m in metrics]
-    if not metrics or P.TRAIN_LOSS not in metrics[0]:
-        return None
     total = sum(weights)
-    loss = 0.0
-    for m, w in zip(metrics, weights):
-        loss += float(m[P.TRAIN_LOSS]) * (w / total)
-    return loss
+    if not metrics or total <= 0:
+        return None
+    return sum(float(m[P.TRAIN_LOSS]) * w for m, w in zip(metrics, weights)) / total
 
 
 def detection_columns(defense: Defense, flagged: frozenset[int], malicious: set[int],
@@ -136,11 +143,12 @@ class RoundRunner:
         wave = self.send(messages)
         wave_time = time.monotonic() - sent
         self.members.mark_silent(wave.missing)
-        expected = expected_from(arrays, s.max_examples, s.max_update_bytes)
+        expected = expected_from(arrays, s.max_examples, s.max_update_bytes, s.max_update_norm)
         replies, rejected = [], []
         for msg in wave.ok:
             part = self.members.partition_of(msg.metadata.src_node_id)
-            reason = check_reply(msg.content, expected)
+            bound = nodes[part].num_examples if s.num_examples == "known" else None
+            reason = check_reply(msg.content, expected, bound)
             if reason is None:
                 replies.append((part, msg))
             else:
@@ -156,11 +164,12 @@ class RoundRunner:
         from_attacker = [p in malicious for p in partitions]
         stats = update_statistics([global_norm(d) for d in deltas], from_attacker)
 
+        weights = example_weights(s.num_examples, [float(m[P.NUM_EXAMPLES]) for m in metrics],
+                                  [nodes[p].num_examples for p in partitions])
         outcome = None
         if len(replies) >= s.min_replies:
-            outcome = defense.aggregate(Updates(
-                deltas, [float(m[P.NUM_EXAMPLES]) for m in metrics], partitions, rnd,
-                len(messages), global_state))
+            outcome = defense.aggregate(Updates(deltas, weights, partitions, rnd, len(messages),
+                                                global_state))
         else:
             log(INFO, "round %d: %d replies < server.min_replies=%d, model kept",
                 rnd, len(replies), s.min_replies)
@@ -176,7 +185,7 @@ class RoundRunner:
             "num_malicious": sum(from_attacker),
             "missing_nodes": len(wave.missing) + len(wave.errors),
             "rejected_updates": rejected,
-            "train_loss": mean_train_loss(metrics) if outcome is not None else None,
+            "train_loss": mean_train_loss(metrics, weights) if outcome is not None else None,
             "fraction_clipped": None,
             **stats,
             **(outcome.stats if outcome is not None else {}),
