@@ -14,7 +14,7 @@ from typing import ClassVar
 
 import numpy as np
 import torch
-from flwr.app import ArrayRecord
+from flwr.app import ArrayRecord, RecordDict
 from torch import nn
 
 from flbackdoor.config import ExperimentConfig, check, one_of
@@ -97,6 +97,9 @@ class Reply:
     arrays: ArrayRecord
     num_examples: float
     loss: float
+    # The whole reply as a hostile node shapes it (records and metrics included); when set, the
+    # ClientApp sends it as it is (attack=malformed).
+    content: RecordDict | None = None
 
 
 def state_reply(state: StateDict, result: TrainResult) -> Reply:

@@ -75,6 +75,8 @@ def train(msg: Message, context: Context) -> Message:
     if node.role == "malicious":
         reply = _attack_reply(cfg, node.partition_id, server_round, model, global_state, local,
                               dict(config), device, generator, honest)
+        if reply.content is not None:
+            return Message(reply.content, reply_to=msg)
         arrays, n, loss = reply.arrays, reply.num_examples, reply.loss
     else:
         state, result = honest()

@@ -14,6 +14,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 from dataclasses import asdict
 from pathlib import Path
@@ -22,8 +23,24 @@ from typing import Any
 from flbackdoor.config import ExperimentConfig
 
 
+def json_safe(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, inf) as None: JSON has no such numbers, and
+    a reader of metrics.jsonl must never meet Python's ``NaN``."""
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return value
+
+
+def dumps(payload: Any, **kwargs: Any) -> str:
+    return json.dumps(json_safe(payload), allow_nan=False, sort_keys=True, **kwargs)
+
+
 def write_json_atomic(path: Path, payload: Any) -> None:
-    write_text_atomic(path, json.dumps(payload, indent=2, sort_keys=True))
+    write_text_atomic(path, dumps(payload, indent=2))
 
 
 def read_metrics(path: Path) -> list[dict]:
@@ -57,7 +74,7 @@ class ResultsWriter:
     def _flush(self) -> None:
         # The whole file each round, via rename: a killed run never leaves a torn line.
         write_text_atomic(self.metrics_path,
-                          "".join(json.dumps(r, sort_keys=True) + "\n" for r in self.rows))
+                          "".join(dumps(r) + "\n" for r in self.rows))
 
     def write_round(self, row: dict) -> None:
         self.rows.append(row)

@@ -25,7 +25,7 @@ from attacker.tasks import build_task
 from defenses.base import Defense, build_defense
 from defenses.detection import totals
 from flbackdoor.config import ExperimentConfig, from_run_config
-from flbackdoor.data.cache import prepare
+from flbackdoor.data.cache import load_meta, prepare
 from flbackdoor.evaluation import CentralEvaluator
 from flbackdoor.models import build_model
 from flbackdoor.results import ResultsWriter
@@ -100,11 +100,17 @@ def identify_nodes(grid: Grid, run: Run) -> Membership:
     nodes = identify(grid, run.cfg.num_clients, s.identify_timeout_s, s.poll_interval_s)
     if not nodes:
         raise RuntimeError("no node answered the identify query: nothing to train with")
-    members = Membership(grid, nodes, run.cfg.num_clients, s.round_timeout_s, s.poll_interval_s)
+    members = Membership(grid, nodes, run.cfg.num_clients, s.round_timeout_s, s.poll_interval_s,
+                         sizes=partition_sizes(prepare(run.cfg)))
     if (reported := members.reported("malicious")) != sorted(run.roles.malicious):
         log(WARNING, "nodes report malicious partitions %s; the experiment assigns %s",
             reported, sorted(run.roles.malicious))
     return members
+
+
+def partition_sizes(cache: Path) -> list[int]:
+    """Every partition's number of training examples, from the server's own partition cache."""
+    return [sum(counts) for counts in load_meta(cache)["label_counts"]]
 
 
 def resume(run: Run) -> bool:

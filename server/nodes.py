@@ -9,6 +9,7 @@ gets a new node id) are asked the same way before the round that first sees them
 
 from __future__ import annotations
 
+import dataclasses
 import time
 from dataclasses import dataclass
 from logging import INFO, WARNING
@@ -100,11 +101,25 @@ class Membership:
     round that first sees it."""
 
     def __init__(self, grid: Grid, nodes: dict[int, Node], expected: int, timeout: float,
-                 poll_interval: float) -> None:
-        self.grid, self.nodes, self.expected = grid, nodes, expected
+                 poll_interval: float, sizes: list[int] | None = None) -> None:
+        # ``sizes``: every partition's size as the server computed it (its own partition
+        # cache); they replace what nodes claim, for the FedAvg weights, the attackers' hints
+        # and the num-examples bound (server.num_examples).
+        self.sizes = sizes
+        self.grid, self.expected = grid, expected
+        self.nodes = {p: self._known(n) for p, n in nodes.items()}
         self.timeout, self.poll_interval = timeout, poll_interval
         self.silent: set[int] = set()  # partitions whose node missed a round
         self.asked: set[int] = {n.node_id for n in nodes.values()}
+
+    def _known(self, node: Node) -> Node:
+        p = node.partition_id
+        if self.sizes is None or not 0 <= p < len(self.sizes):
+            return node
+        if node.num_examples != self.sizes[p]:
+            log(WARNING, "partition %d's node %d claims %s examples; the partition holds %d",
+                p, node.node_id, node.num_examples, self.sizes[p])
+        return dataclasses.replace(node, num_examples=self.sizes[p])
 
     def partition_of(self, node_id: int) -> int | None:
         return next((p for p, n in self.nodes.items() if n.node_id == node_id), None)
@@ -127,7 +142,8 @@ class Membership:
         if not new:
             return
         self.asked |= set(new)
-        found = ask_identity(self.grid, new, self.timeout, self.poll_interval)
+        found = [self._known(n) for n in ask_identity(self.grid, new, self.timeout,
+                                                       self.poll_interval)]
         for p in merge(self.nodes, found, self.expected, replaceable=self.silent):
             self.silent.discard(p)
             log(INFO, "partition %d is served by node %d", p, self.nodes[p].node_id)
