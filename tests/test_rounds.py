@@ -75,3 +75,48 @@ def test_a_whole_round_with_a_silent_node_a_bad_reply_and_a_flagged_attacker():
     grid.sent.clear()
     runner.run(2, arrays, build_defense(cfg))
     assert 104 not in [m.metadata.dst_node_id for m in grid.sent]
+
+
+def _claims_round(policy: str, claimed: float, sizes=(100, 100, 100)):
+    """Three benign nodes, partition sizes ``sizes`` as the server computed them; node 2 claims
+    ``claimed`` examples at identify and in its reply. Returns the round's row and new model."""
+    cfg = validate(ExperimentConfig(num_clients=3, clients_per_round=3))
+    cfg.server.round_timeout_s, cfg.server.poll_interval_s = 1.0, 0.01
+    cfg.server.num_examples = policy
+    nodes = {p: Node(100 + p, p, "benign", int(claimed) if p == 2 else sizes[p])
+             for p in range(3)}
+    deltas = {0: 0.0, 1: 0.0, 2: 1.0}
+
+    def respond(node_id, msg):
+        p = node_id - 100
+        n = claimed if p == 2 else sizes[p]
+        return RecordDict({P.ARRAYS: ArrayRecord({"x": torch.full((2,), deltas[p])}),
+                           P.METRICS: MetricRecord({P.NUM_EXAMPLES: n, P.TRAIN_LOSS: 0.5})})
+
+    grid = FakeGrid([n.node_id for n in nodes.values()], respond)
+    members = Membership(grid, dict(nodes), 3, 1.0, 0.01, sizes=list(sizes))
+    evaluate = lambda state: {"main_accuracy": 0.0, "main_loss": 0.0}  # noqa: E731
+    arrays, row = RoundRunner(grid, cfg, members, evaluate).run(
+        1, ArrayRecord({"x": torch.zeros(2)}), build_defense(cfg))
+    return row, float(arrays.to_torch_state_dict()["x"][0])
+
+
+def test_a_node_claiming_a_million_examples_does_not_take_the_weight():
+    """server.num_examples: ``known`` rejects a count above the partition's size (the server
+    computed it) and weights by that size; ``cap`` caps; ``trust`` is the attack surface."""
+    row, x = _claims_round("known", 1e6)
+    assert [r["partition"] for r in row["rejected_updates"]] == [2]
+    assert "num-examples=1000000.0 outside 1..100" in row["rejected_updates"][0]["reason"]
+    assert x == 0.0 and row["num_clients"] == 2
+    row, x = _claims_round("known", 60)  # an honest smaller count: weight = its partition size
+    assert not row["rejected_updates"] and x == pytest.approx(1 / 3)
+    row, x = _claims_round("cap", 1e6)
+    assert not row["rejected_updates"] and x == pytest.approx(1 / 3)
+    row, x = _claims_round("trust", 1e6)
+    assert x == pytest.approx(1e6 / (1e6 + 200))
+
+
+def test_the_known_sizes_replace_what_nodes_claim_at_identify():
+    members = Membership(FakeGrid([], None), {2: Node(102, 2, "benign", 5)}, 3, 1.0, 0.01,
+                         sizes=[100, 100, 300])
+    assert members.nodes[2].num_examples == 300
