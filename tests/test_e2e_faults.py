@@ -27,17 +27,28 @@ def base(cache_dir: Path, run_dir: Path, *extra: str) -> list[str]:
 
 
 def test_every_malformed_kind_from_a_real_malicious_node_is_rejected(tmp_path, cache_dir):
+    """A real malicious SuperNode cycles through every kind (one a round): each reply is
+    rejected with its reason, training goes on with the honest nodes, the model stays finite and
+    metrics.jsonl stays strict JSON."""
     from attacker.malformed import KINDS
 
     res = flbackdoor(base(cache_dir, tmp_path, f"num_rounds={len(KINDS)}", "attack=malformed",
                           "attack.num_malicious=1", "attack.oversized_bytes=6000000",
                           "server.max_update_bytes=4000000"))
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    rows = read_metrics(tmp_path / "metrics.jsonl")
+    def strict(constant):
+        raise AssertionError(f"metrics.jsonl holds {constant}")
+
+    text = (tmp_path / "metrics.jsonl").read_text()
+    rows = [json.loads(line, parse_constant=strict) for line in text.splitlines()]
     reasons = [r["rejected_updates"] for r in rows]
     assert [len(r) for r in reasons] == [1] * len(KINDS), reasons
     expected = ["non-finite", "non-finite", "shape", "dtype", "missing arrays", "num-examples",
-                "exceeds server.max_update_bytes"]
+                "exceeds server.max_update_bytes", "unexpected metrics: surprise",
+                "missing metrics: train_loss", "are not exactly", "bytes decode to",
+                "isolated_count=nan is not finite", "exceeds server.max_update_norm",
+                "num-examples=1000000 outside 1..500"]
+    assert len(expected) == len(KINDS)
     assert all(word in r[0]["reason"] for word, r in zip(expected, reasons)), reasons
     assert all(r["num_clients"] == 2 for r in rows)
     assert all(0.0 <= r["main_accuracy"] <= 1.0 and r["main_loss"] < 10 for r in rows)
