@@ -17,6 +17,7 @@ from flbackdoor.config import ConfigError, ExperimentConfig, from_json, validate
 from flbackdoor.data.sources import DataNotFoundError
 from launcher.federation.processes import ProcessFailed
 from launcher.federation.submit import RunFailed
+from launcher.sweep import REMOTE_RESULTS_FILE
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 log = logging.getLogger("flbackdoor")
@@ -51,6 +52,13 @@ def resumed(folder: Path) -> ExperimentConfig:
     return validate(cfg)
 
 
+def results_folder(cfg: ExperimentConfig, run_dir: Path) -> Path:
+    """Where the ServerApp writes this run's results (remote: ``federation.results_dir`` on the
+    SuperLink's host, by default this run's own folder path, e.g. on a shared disk)."""
+    remote = cfg.federation.mode == "remote" and cfg.federation.results_dir
+    return Path(cfg.federation.results_dir) if remote else run_dir
+
+
 def run(dcfg: DictConfig) -> dict:
     """One experiment: the whole job behind ``flbackdoor``; returns its summary."""
     from flbackdoor.data.cache import prepare
@@ -78,7 +86,13 @@ def run(dcfg: DictConfig) -> dict:
         run_id, summary = "centralized", run_centralized(cfg, run_dir)
     else:
         run_id = launch(cfg, run_dir)
-        summary = read_summary(run_dir) if cfg.federation.mode != "remote" else {}
+        where = results_folder(cfg, run_dir)
+        summary = read_summary(where)
+        if where != run_dir:  # for this job's sweep row: where the ServerApp wrote
+            (run_dir / REMOTE_RESULTS_FILE).write_text(f"{where}\n")
+        if not summary and cfg.federation.mode == "remote":
+            log.info("run %s done; its results are on the SuperLink's host in %s (not "
+                     "readable from here)", run_id, where)
     if summary:
         log.info("run %s done: final main_accuracy=%.4f after %d rounds, %.1fs", run_id,
                  summary["final"]["main_accuracy"], summary["rounds"], summary["wall_time_s"])

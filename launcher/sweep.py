@@ -16,6 +16,8 @@ from omegaconf import DictConfig, OmegaConf
 
 
 ERROR_FILE = "error.txt"  # a failed job's one-line reason, beside its .hydra/
+# A remote job whose results the SuperLink's host holds: the folder there.
+REMOTE_RESULTS_FILE = "remote_results.txt"
 
 # What may differ between two runs of the same experiment: where the data and the processes
 # were, and how the run was asked for.
@@ -50,13 +52,18 @@ def job_dirs(sweep_dir: Path) -> list[Path]:
 
 
 def sweep_rows(sweep_dir: Path) -> list[dict[str, Any]]:
+    """One row per job: ``done`` with its final figures (read where the run wrote them),
+    ``remote`` with the folder on the SuperLink's host where they could not be read from here,
+    or ``failed`` with its reason."""
     rows = []
     for job in job_dirs(sweep_dir):
         overrides = OmegaConf.load(job / ".hydra" / "overrides.yaml")
         name = str(job.relative_to(sweep_dir))
         row: dict[str, Any] = {"job": int(name) if name.isdigit() else name,
                                "overrides": " ".join(overrides)}
-        summary_file = job / "summary.json"
+        remote = job / REMOTE_RESULTS_FILE
+        folder = Path(remote.read_text().strip()) if remote.exists() else job
+        summary_file = folder / "summary.json"
         if summary_file.exists():
             summary = json.loads(summary_file.read_text())
             row.update(status="done", rounds=summary.get("rounds"),
@@ -64,6 +71,9 @@ def sweep_rows(sweep_dir: Path) -> list[dict[str, Any]]:
             for key, value in summary.get("final", {}).items():
                 if isinstance(value, (int, float)) and key != "round":
                     row[f"final_{key}"] = value
+        elif remote.exists():
+            row["status"] = "remote"
+            row["results"] = str(folder)
         else:
             row["status"] = "failed"
             error = job / ERROR_FILE
