@@ -96,6 +96,9 @@ class ServerConfig:
     eval_batch_size: int = 1000
     eval_max_samples: int = 0  # 0: the whole held-out test set
     identify_timeout_s: float = 300.0
+    # Before each round, how long the nodes that missed a round get to say they are alive (a
+    # late node returns to sampling; a dead one's partition may pass to a new node).
+    ping_timeout_s: float = 10.0
     max_examples: int = 1_000_000  # a reply's num-examples must be in [1, max_examples]
     max_update_bytes: int = 200_000_000  # a reply's arrays may not be larger
     # A reply's update ||w_k - w_t|| may not be larger: far above any attack here (boosted
@@ -319,6 +322,7 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
         check(Path(cfg.checkpoint).is_file(), f"checkpoint={cfg.checkpoint} is not a file")
     check(s.max_examples >= 1, f"server.max_examples={s.max_examples} must be at least 1")
     check(s.max_update_bytes > 0, f"server.max_update_bytes={s.max_update_bytes} must be positive")
+    check(s.ping_timeout_s > 0, f"server.ping_timeout_s={s.ping_timeout_s} must be positive")
     check(s.max_update_norm > 0, f"server.max_update_norm={s.max_update_norm} must be positive")
     one_of("server.num_examples", s.num_examples, NUM_EXAMPLES_POLICIES)
     check(s.checkpoint_every >= 1, f"server.checkpoint_every={s.checkpoint_every} must be >= 1")

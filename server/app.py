@@ -101,7 +101,7 @@ def identify_nodes(grid: Grid, run: Run) -> Membership:
     if not nodes:
         raise RuntimeError("no node answered the identify query: nothing to train with")
     members = Membership(grid, nodes, run.cfg.num_clients, s.round_timeout_s, s.poll_interval_s,
-                         sizes=partition_sizes(prepare(run.cfg)))
+                         sizes=partition_sizes(prepare(run.cfg)), ping_timeout=s.ping_timeout_s)
     if (reported := members.reported("malicious")) != sorted(run.roles.malicious):
         log(WARNING, "nodes report malicious partitions %s; the experiment assigns %s",
             reported, sorted(run.roles.malicious))

@@ -90,18 +90,24 @@ def identify(grid: Grid, expected: int, timeout: float, poll_interval: float) ->
     log(INFO, "identified %d of %d partitions in %.1fs (roles: %s)", len(by_partition), expected,
         time.monotonic() - started,
         ", ".join(f"{r}={sum(n.role == r for n in by_partition.values())}" for r in roles))
+    missing = [p for p in range(expected) if p not in by_partition]
+    if missing and by_partition:
+        log(WARNING, "no node for partitions %s after %.0fs (server.identify_timeout_s): the run "
+            "goes on with %d of %d; a node that connects later is identified before a round",
+            missing, timeout, len(by_partition), expected)
     return by_partition
 
 
 class Membership:
     """The partition -> node map of a run, and which partitions' nodes went silent.
 
-    A node that does not answer a round loses its partition's place in sampling until a node
-    (re)claims it, e.g. a restarted SuperNode, which :meth:`refresh` identifies before the
-    round that first sees it."""
+    A node that does not answer a round leaves sampling until it answers again (:meth:`refresh`
+    asks it before every round while it is connected) or a node claims its partition once it
+    no longer answers, e.g. a restarted SuperNode."""
 
     def __init__(self, grid: Grid, nodes: dict[int, Node], expected: int, timeout: float,
-                 poll_interval: float, sizes: list[int] | None = None) -> None:
+                 poll_interval: float, sizes: list[int] | None = None,
+                 ping_timeout: float = 10.0) -> None:
         # ``sizes``: every partition's size as the server computed it (its own partition
         # cache); they replace what nodes claim, for the FedAvg weights, the attackers' hints
         # and the num-examples bound (server.num_examples).
@@ -109,6 +115,7 @@ class Membership:
         self.grid, self.expected = grid, expected
         self.nodes = {p: self._known(n) for p, n in nodes.items()}
         self.timeout, self.poll_interval = timeout, poll_interval
+        self.ping_timeout = min(ping_timeout, timeout)  # how long refresh waits for answers
         self.silent: set[int] = set()  # partitions whose node missed a round
         self.asked: set[int] = {n.node_id for n in nodes.values()}
 
@@ -137,13 +144,27 @@ class Membership:
                 self.silent.add(p)
 
     def refresh(self) -> None:
-        """Identify nodes that connected since the last call (new or restarted SuperNodes)."""
-        new = [n for n in self.grid.get_node_ids() if n not in self.asked]
-        if not new:
+        """Before a round: identify nodes that connected since the last call (new or restarted
+        SuperNodes) and ask the silent partitions' nodes that are still connected whether they
+        are alive. A node that answers is back in sampling (it was late, not dead) and keeps
+        its partition; a silent partition passes to a newcomer claiming it only when its node
+        did not answer now."""
+        connected = set(self.grid.get_node_ids())
+        new = sorted(n for n in connected if n not in self.asked)
+        waking = {self.nodes[p].node_id: p for p in self.silent
+                  if self.nodes[p].node_id in connected}
+        if not new and not waking:
             return
         self.asked |= set(new)
-        found = [self._known(n) for n in ask_identity(self.grid, new, self.timeout,
-                                                       self.poll_interval)]
+        answers = ask_identity(self.grid, new + sorted(waking), self.ping_timeout,
+                               self.poll_interval)
+        for node in answers:
+            p = waking.get(node.node_id)
+            if p is not None and node.partition_id == p:
+                self.silent.discard(p)
+                log(INFO, "partition %d's node %d answers again: back in sampling", p,
+                    node.node_id)
+        found = [self._known(n) for n in answers if n.node_id not in waking]
         for p in merge(self.nodes, found, self.expected, replaceable=self.silent):
             self.silent.discard(p)
             log(INFO, "partition %d is served by node %d", p, self.nodes[p].node_id)

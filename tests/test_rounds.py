@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from flwr.app import ArrayRecord, MetricRecord, RecordDict
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 
 from defenses.base import build_defense
 from flbackdoor import protocol as P
@@ -71,10 +71,12 @@ def test_a_whole_round_with_a_silent_node_a_bad_reply_and_a_flagged_attacker():
         sum(10 * (p + 1) * p for p in (0, 1, 2, 5)) / sum(10 * (p + 1) for p in (0, 1, 2, 5)))
     assert row["max_malicious_norm"] == pytest.approx(18.0)
 
-    # The silent partition is not planned again until a node reclaims it.
+    # The silent partition's node is asked whether it is alive before round 2; still silent,
+    # it gets no training message.
     grid.sent.clear()
     runner.run(2, arrays, build_defense(cfg))
-    assert 104 not in [m.metadata.dst_node_id for m in grid.sent]
+    asked = [(m.metadata.dst_node_id, m.metadata.message_type) for m in grid.sent]
+    assert (104, P.IDENTIFY) in asked and (104, P.TRAIN) not in asked
 
 
 def _claims_round(policy: str, claimed: float, sizes=(100, 100, 100)):
@@ -120,3 +122,52 @@ def test_the_known_sizes_replace_what_nodes_claim_at_identify():
     members = Membership(FakeGrid([], None), {2: Node(102, 2, "benign", 5)}, 3, 1.0, 0.01,
                          sizes=[100, 100, 300])
     assert members.nodes[2].num_examples == 300
+
+
+def _identity(node_id, partition, role="benign"):
+    return RecordDict({P.NODE: ConfigRecord({P.PARTITION_ID: partition, P.ROLE: role,
+                                             P.NUM_EXAMPLES: 10})})
+
+
+def _membership(answers):
+    """Three partitions held by nodes 100-102; ``answers(node_id, msg)`` decides every reply."""
+    nodes = {p: Node(100 + p, p, "benign", 10) for p in range(3)}
+    grid = FakeGrid([n.node_id for n in nodes.values()], answers)
+    return grid, Membership(grid, nodes, 3, 1.0, 0.01, ping_timeout=0.2)
+
+
+def test_a_late_but_live_node_returns_to_sampling_when_it_answers_again():
+    grid, members = _membership(lambda node_id, msg: _identity(node_id, node_id - 100))
+    members.mark_silent([101])
+    assert 1 not in members.live()
+    members.refresh()  # node 101 is still connected: asked, it answers
+    assert 1 in members.live() and members.nodes[1].node_id == 101
+
+
+def test_a_live_nodes_partition_cannot_be_taken_over():
+    grid, members = _membership(lambda node_id, msg: _identity(node_id, 1))  # all say "1"
+    members.mark_silent([101])  # late, not dead
+    grid.node_ids.append(999)  # a newcomer claiming partition 1
+    members.refresh()
+    assert members.nodes[1].node_id == 101 and 1 in members.live()
+
+
+def test_a_dead_nodes_partition_passes_to_a_new_node():
+    def answers(node_id, msg):
+        return None if node_id == 101 else _identity(node_id, 1 if node_id == 999 else 0)
+
+    grid, members = _membership(answers)
+    members.mark_silent([101])
+    grid.node_ids.append(999)  # a restarted SuperNode: new id, same partition
+    members.refresh()
+    assert members.nodes[1].node_id == 999 and 1 in members.live()
+
+
+def test_a_short_identify_wave_names_the_missing_partitions(caplog):
+    from server.nodes import identify
+
+    grid = FakeGrid([100, 102], lambda node_id, msg: _identity(node_id, node_id - 100))
+    with caplog.at_level("WARNING", logger="flwr"):
+        found = identify(grid, 3, 0.5, 0.01)
+    assert sorted(found) == [0, 2]
+    assert "no node for partitions [1] after 0s" in caplog.text
