@@ -46,6 +46,7 @@ import torch
 from sklearn.cluster import HDBSCAN
 
 from defenses.base import Aggregate, Defense, DefenseConfig, Updates, excluded
+from defenses.similarity import cosine_distances
 from flbackdoor.config import ExperimentConfig, check
 from flbackdoor.registries import DEFENSES
 from flbackdoor.updates import StateDict, add, clip_to_norm, global_norm, weighted_mean
@@ -126,16 +127,6 @@ def division_differences(local: torch.Tensor, global_: torch.Tensor) -> torch.Te
 
 
 # -- clustering ------------------------------------------------------------------------------
-
-def cosine_distance_matrix(rows: torch.Tensor) -> np.ndarray:
-    """1 - cos(r_i, r_j) for all pairs (a zero row is at distance 1 from every other)."""
-    r = rows.double()
-    norms = r.norm(dim=1, keepdim=True)
-    unit = torch.where(norms > 0, r / norms.clamp_min(1e-300), torch.zeros_like(r))
-    dist = (1.0 - unit @ unit.T).clamp_min(0.0)
-    dist.fill_diagonal_(0.0)
-    return dist.numpy()
-
 
 def hdbscan_labels(data: np.ndarray, precomputed: bool, min_cluster_size: int,
                    min_samples: int) -> np.ndarray:
@@ -272,7 +263,7 @@ class DeepSight(Defense):
         suspicious = suspicious_labels(tes)
         biases = torch.stack([(b if b is not None else w.reshape(-1)) for w, b in layers])
         ddifs = self._ddifs(updates)
-        labels = ensemble_clusters(cosine_distance_matrix(biases), neup.numpy(), ddifs,
+        labels = ensemble_clusters(cosine_distances(biases), neup.numpy(), ddifs,
                                    c.min_cluster_size, c.min_samples)
         kept = accepted_indices(labels, suspicious, c.tau)
         delta, clipped, bound = clipped_accepted_mean(updates.deltas, updates.weights, kept)

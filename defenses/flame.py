@@ -47,6 +47,7 @@ import torch
 from sklearn.cluster import HDBSCAN
 
 from defenses.base import Aggregate, DefenseConfig, NoisyDefense, Updates, excluded
+from defenses.similarity import cosine_distances
 from flbackdoor.config import ExperimentConfig, check, one_of
 from flbackdoor.models import SERVER_BUFFERS
 from flbackdoor.registries import DEFENSES
@@ -70,18 +71,6 @@ def local_models(updates: Updates) -> list[StateDict]:
     if not w_t:
         return list(updates.deltas)
     return [{k: w_t[k].float() + v for k, v in d.items()} for d in updates.deltas]
-
-
-def cosine_distances(flat: torch.Tensor) -> np.ndarray:
-    """c_ij = 1 - cos(x_i, x_j) of the rows, in float64. Computed as ||u_i - u_j||^2 / 2 of the
-    unit rows u (the same value), from their differences, so equal directions give exactly 0
-    rather than 1 - (1 +- rounding), which HDBSCAN would read as structure."""
-    x = flat.double()
-    unit = x / x.norm(dim=1, keepdim=True).clamp_min(1e-300)
-    d = torch.cdist(unit, unit, compute_mode="donot_use_mm_for_euclid_dist") ** 2 / 2
-    d = (d + d.T) / 2
-    d.fill_diagonal_(0.0)
-    return d.numpy()
 
 
 def majority_cluster(distances: np.ndarray, min_cluster_size: int = 0,

@@ -53,6 +53,7 @@ from typing import Any
 import torch
 
 from defenses.base import Aggregate, Defense, DefenseConfig, Updates
+from defenses.similarity import cosine_similarities
 from flbackdoor.config import ExperimentConfig, check
 from flbackdoor.registries import DEFENSES
 from flbackdoor.updates import StateDict, flatten, unflatten
@@ -61,12 +62,6 @@ from flbackdoor.updates import StateDict, flatten, unflatten
 # alpha below this is 0: the cosine of two equal float32 updates misses 1 by rounding, and
 # line 15's rescaling would blow that rounding up to a full weight when all clients are twins.
 TWIN_TOLERANCE = 1e-6
-
-
-def cosine_matrix(rows: torch.Tensor) -> torch.Tensor:
-    """Pairwise cosine similarities of the rows (a zero row is 0 to everything), float64."""
-    unit = torch.nn.functional.normalize(rows.double(), dim=1, eps=1e-12)
-    return unit @ unit.T
 
 
 def pardon(cs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -82,7 +77,7 @@ def pardon(cs: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 def foolsgold_weights(histories: torch.Tensor, kappa: float = 1.0) -> torch.Tensor:
     """Algorithm 1: the learning rates alpha (n,) in [0, 1] of the clients whose aggregate
     histories are the rows of ``histories``."""
-    cs, _ = pardon(cosine_matrix(histories))
+    cs, _ = pardon(cosine_similarities(histories))
     alpha = (1.0 - cs.max(dim=1).values).clamp(0.0, 1.0)  # line 14
     alpha[alpha < TWIN_TOLERANCE] = 0.0  # float32 twins: cos 1 - 1e-8, not 1
     top = alpha.max()

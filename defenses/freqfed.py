@@ -42,7 +42,8 @@ import torch
 from scipy.fft import dctn
 
 from defenses.base import Aggregate, Defense, DefenseConfig, Updates, excluded
-from defenses.flame import check_clustering, cosine_distances, learned_entries, local_models
+from defenses.flame import check_clustering, learned_entries, local_models
+from defenses.similarity import cosine_distances
 from defenses.flame import majority_cluster
 from flbackdoor.config import ExperimentConfig, check, one_of
 from flbackdoor.registries import DEFENSES

@@ -37,16 +37,14 @@ import torch
 from defenses.base import Aggregate, Defense, DefenseConfig, Updates, excluded
 from flbackdoor.config import ExperimentConfig, check
 from flbackdoor.registries import DEFENSES
+from defenses.similarity import cosine_distances
 from flbackdoor.updates import flatten, weighted_mean
 
 
 def metric_features(flat: torch.Tensor) -> torch.Tensor:
     """(n, 3): per update, the summed cosine, Manhattan and Euclidean distances to the others."""
     x = flat.double()
-    norms = x.norm(dim=1, keepdim=True)
-    unit = torch.where(norms > 0, x / norms.clamp_min(1e-300), torch.zeros_like(x))
-    cosine = (1.0 - unit @ unit.T).clamp_min(0.0)
-    cosine.fill_diagonal_(0.0)
+    cosine = torch.from_numpy(cosine_distances(x))
     manhattan = torch.cdist(x, x, p=1.0)
     euclidean = torch.cdist(x, x, p=2.0)
     return torch.stack([cosine.sum(1), manhattan.sum(1), euclidean.sum(1)], dim=1)

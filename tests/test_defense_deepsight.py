@@ -11,7 +11,6 @@ from defenses.deepsight import (
     accepted_indices,
     clipped_accepted_mean,
     comembership_distances,
-    cosine_distance_matrix,
     division_differences,
     ensemble_clusters,
     neups,
@@ -20,6 +19,7 @@ from defenses.deepsight import (
     suspicious_labels,
     threshold_exceedings,
 )
+from defenses.similarity import cosine_distances
 from flbackdoor.config import ConfigError, ExperimentConfig, ModelConfig, validate
 from flbackdoor.models import build_model
 from flbackdoor.updates import global_norm
@@ -71,7 +71,7 @@ def test_division_differences_average_the_per_class_ratio():
 
 
 def test_cosine_distances_and_comembership():
-    d = cosine_distance_matrix(torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.0, 1.0], [0.0, 0.0]]))
+    d = cosine_distances(torch.tensor([[1.0, 0.0], [2.0, 0.0], [0.0, 1.0], [0.0, 0.0]]))
     assert d[0, 1] == pytest.approx(0.0) and d[0, 2] == pytest.approx(1.0)
     assert d[3, 0] == pytest.approx(1.0) and d[3, 3] == 0.0
     m = comembership_distances(np.array([0, 0, 1, -1, -1]))
@@ -81,7 +81,7 @@ def test_cosine_distances_and_comembership():
 
 def test_ensemble_merges_the_three_clusterings():
     # two tight groups in every view: the merged clustering keeps them apart
-    cos = cosine_distance_matrix(torch.tensor([[1.0, 0.01], [1.0, 0.0], [1.0, 0.02],
+    cos = cosine_distances(torch.tensor([[1.0, 0.01], [1.0, 0.0], [1.0, 0.02],
                                                [0.0, 1.0], [0.01, 1.0]]))
     neup = np.array([[0.5, 0.5], [0.51, 0.49], [0.5, 0.5], [0.99, 0.01], [0.98, 0.02]])
     ddif = [np.array([[1.0, 1.0], [1.01, 1.0], [1.0, 1.01], [3.0, 0.1], [3.0, 0.11]])]

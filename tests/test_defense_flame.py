@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from defenses.base import Updates, build_defense
-from defenses.flame import (clip_bound, clipped_mean, cosine_distances, flame, local_models,
+from defenses.flame import (clip_bound, clipped_mean, flame, local_models,
                             majority_cluster, privacy_lambda)
+from defenses.similarity import cosine_distances
 from flbackdoor.config import ConfigError, ExperimentConfig, validate
 from flbackdoor.updates import flatten
 
