@@ -37,9 +37,7 @@ NOT_FLAGGING_HERE = {
 }
 # FLDetector's first verdict comes after 2N rounds of history (N = 10: round 21); here it has
 # two earlier rounds, so N = 1.
-OPTIONS = {"fldetector": {"window_size": 1},
-           # DeepSight's DDifs: 2,000 random images instead of 20,000 (the cost, not the math)
-           "deepsight": {"num_samples": 2000}}
+OPTIONS = {"fldetector": {"window_size": 1}}
 
 
 class Recorder(Defense):
