@@ -34,8 +34,9 @@ def test_every_malformed_kind_from_a_real_malicious_node_is_rejected(tmp_path, c
 
     res = flbackdoor(base(cache_dir, tmp_path, f"num_rounds={len(KINDS)}", "attack=malformed",
                           "attack.num_malicious=1", "attack.oversized_bytes=6000000",
-                          "server.max_update_bytes=4000000"))
+                          "server.max_update_bytes=4000000"), timeout=900)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+
     def strict(constant):
         raise AssertionError(f"metrics.jsonl holds {constant}")
 
