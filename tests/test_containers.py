@@ -24,7 +24,8 @@ from cryptography.hazmat.primitives.serialization import load_ssh_private_key, l
 from conftest import REPO
 from flbackdoor.config import ConfigError, ExperimentConfig, validate
 from launcher.federation.compose import compose_file, gpu_file, render, roles_of
-from launcher.federation.docker import GPU_REQUEST, HostPaths, container_specs, engine
+from launcher.federation.docker import (GPU_REQUEST, HostPaths, container_specs, engine,
+                                        register_spec)
 from launcher.federation.services import IMAGE, federation_services
 from launcher.federation.submit import RunFailed
 from launcher.federation.tls import san_entries
@@ -53,6 +54,11 @@ def compose_config(*files: str, cwd: Path = REPO) -> dict:
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0, out.stderr
     return yaml.safe_load(out.stdout)
+
+
+def _target(port) -> int:
+    """A container port from ``docker-compose config`` (long syntax, or ``ip:host:container``)."""
+    return port["target"] if isinstance(port, dict) else int(str(port).rsplit(":", 1)[-1].split("/")[0])
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +104,8 @@ def test_compose_start_order_tls_and_node_auth(cpu_compose):
         cmd = node["command"]
         assert cmd[cmd.index("--root-certificates") + 1] == "/certs/ca.crt"
         key = cmd[cmd.index("--auth-supernode-private-key") + 1]
-        assert key == f"/certs/nodes/{role}-{i}" and f"{key}.pub" in s["register"]["command"]
+        assert key == f"/certs/{role}-{i}"  # in its own folder, mounted at /certs
+        assert f"/certs/nodes/{role}-{i}.pub" in s["register"]["command"]
         assert f'partition-id={i} num-partitions=4 role="{role}"' in cmd[-1]
     assert "--enable-supernode-auth" in s["superlink"]["command"]
     assert "--insecure" not in str(s)
@@ -140,7 +147,7 @@ def test_runner_submits_a_valid_experiment(cpu_compose):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg: ExperimentConfig = OmegaConf.to_object(compose("config", overrides=cmd[1:]))
     validate(cfg)
-    assert cfg.federation.address == "superlink:9093" and not cfg.federation.insecure
+    assert cfg.federation.address == "127.0.0.1:9093" and not cfg.federation.insecure
     assert cfg.num_clients == len(ROLES) and cfg.attack.num_malicious == ROLES.count("malicious")
 
 
@@ -150,7 +157,7 @@ def test_docker_launcher_specs_match_the_compose_services(gpu_compose, tmp_path)
     here: the specs are compared as data.)"""
     paths = HostPaths(str(tmp_path / "data"), str(tmp_path / "cache"), str(tmp_path / "run"),
                       str(tmp_path / "certs"))
-    specs = container_specs(ROLES, IMAGE, True, "fbk-test", paths, {9092: 40001, 9093: 40002},
+    specs = container_specs(ROLES, IMAGE, True, "fbk-test", paths, {9092: 40001},
                             user="1000:1000", gpu=True)
     assert [s["hostname"] for s in specs] == ["superlink"] + [f"supernode-{i}" for i in range(4)]
     for spec in specs:
@@ -159,16 +166,16 @@ def test_docker_launcher_specs_match_the_compose_services(gpu_compose, tmp_path)
         assert spec["command"] == service["command"]
         assert spec["environment"] == service["environment"]
         assert {int(p.split("/")[0]) for p in spec["ports"]} == \
-            {p["target"] for p in service.get("ports", [])}
+            {_target(p) for p in service.get("ports", [])}
         mounts = {v.split(":")[1]: v.split(":")[2] for v in service["volumes"]}
         assert {m["bind"]: m["mode"] for m in spec["volumes"].values()} == mounts
         assert spec["init"] is service["init"] is True
         wants_gpu = "deploy" in service
         assert spec.get("device_requests") == ([GPU_REQUEST] if wants_gpu else None)
         assert spec["networking_config"] == {"fbk-test": {"Aliases": [spec["hostname"]]}}
-    assert specs[0]["ports"] == {"9092/tcp": ("127.0.0.1", 40001), "9093/tcp": ("127.0.0.1", 40002)}
+    assert specs[0]["ports"] == {"9092/tcp": ("127.0.0.1", 40001)}  # the Fleet API only
     assert specs[0]["volumes"][paths.results] == {"bind": "/results", "mode": "rw"}
-    cpu = container_specs(ROLES, IMAGE, True, "fbk-test", paths, {9092: 1, 9093: 2})
+    cpu = container_specs(ROLES, IMAGE, True, "fbk-test", paths, {9092: 1})
     assert not any("device_requests" in s or "user" in s for s in cpu)
 
 
@@ -218,20 +225,22 @@ def test_tls_make_certificates_and_node_keys(tmp_path):
     written = make(tmp_path, ["10.200.0.1", "superlink"], ["benign-0", "malicious-1"])
     assert len(written) == 5
     ca = x509.load_pem_x509_certificate((tmp_path / "ca.crt").read_bytes())
-    server = x509.load_pem_x509_certificate((tmp_path / "server.pem").read_bytes())
+    server = x509.load_pem_x509_certificate((tmp_path / "superlink" / "server.pem").read_bytes())
     server.verify_directly_issued_by(ca)
     assert san_entries(server) == ["10.200.0.1", "127.0.0.1", "superlink", "localhost"]
     san = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert "10.200.0.1" not in san.get_values_for_type(x509.DNSName)  # an IP SAN, not a name
     assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     for name in ("benign-0", "malicious-1"):
-        key = tmp_path / "nodes" / name
+        key = tmp_path / "nodes" / name / name
         private = load_ssh_private_key(key.read_bytes(), None)  # Flower's own loader
         public = load_ssh_public_key(key.with_name(name + ".pub").read_bytes())
+        assert (tmp_path / "public" / "nodes" / f"{name}.pub").read_bytes() == \
+            key.with_name(name + ".pub").read_bytes()
         assert isinstance(private, ec.EllipticCurvePrivateKey)
         assert private.public_key().public_numbers() == public.public_numbers()
         assert stat.S_IMODE(key.stat().st_mode) == 0o600
-    for secret in ("ca.key", "server.key"):
+    for secret in ("ca.key", "superlink/server.key"):
         assert stat.S_IMODE((tmp_path / secret).stat().st_mode) == 0o600
 
 
@@ -240,10 +249,14 @@ def test_tls_make_keeps_existing_material(tmp_path):
     assert not (tmp_path / "ca.key").exists()
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     written = make(tmp_path, ["superlink"], ["benign-0", "benign-1"], keep_existing=True)
-    assert written == [str(tmp_path / "nodes" / "benign-1.pub")]
+    assert written == [str(tmp_path / "nodes" / "benign-1" / "benign-1.pub")]
     assert all(p.read_bytes() == data for p, data in before.items())
     make(tmp_path, ["other"], ["benign-0"])  # without --keep-existing: fresh material
-    assert (tmp_path / "server.pem").read_bytes() != before[tmp_path / "server.pem"]
+    pem = tmp_path / "superlink" / "server.pem"
+    assert pem.read_bytes() != before[pem]
+    # Every holder's copy of ca.crt follows the new CA.
+    assert (tmp_path / "nodes" / "benign-0" / "ca.crt").read_bytes() == \
+        (tmp_path / "superlink" / "ca.crt").read_bytes() != before[tmp_path / "ca.crt"]
 
 
 def test_tls_cli_needs_a_san(tmp_path, capsys):
@@ -289,7 +302,7 @@ def test_docker_launcher_specs_are_valid_sdk_arguments(tmp_path):
 
     paths = HostPaths(str(tmp_path / "d"), str(tmp_path / "c"), str(tmp_path / "r"),
                       str(tmp_path / "k"))
-    specs = container_specs(ROLES, IMAGE, True, "fbk", paths, {9092: 1, 9093: 2}, user="7:7",
+    specs = container_specs(ROLES, IMAGE, True, "fbk", paths, {9092: 1}, user="7:7",
                             gpu=True)
     creates = [_create_container_args({k: v for k, v in spec.items() if k != "detach"}
                                       | {"version": "1.44"}) for spec in specs]
@@ -302,5 +315,9 @@ def test_docker_launcher_specs_are_valid_sdk_arguments(tmp_path):
         assert gpu == ([] if spec["hostname"] == "superlink" else ["nvidia"])
         assert f"{paths.data}:/data:rw" in host["Binds"]
     assert creates[0]["host_config"]["PortBindings"] == {
-        "9092/tcp": [{"HostIp": "127.0.0.1", "HostPort": "1"}],
-        "9093/tcp": [{"HostIp": "127.0.0.1", "HostPort": "2"}]}
+        "9092/tcp": [{"HostIp": "127.0.0.1", "HostPort": "1"}]}
+    register = register_spec(ROLES, IMAGE, "fbk", paths, user="7:7")
+    create = _create_container_args({k: v for k, v in register.items() if k != "detach"}
+                                    | {"version": "1.44"})
+    assert create["host_config"]["NetworkMode"] == "container:fbk-superlink"
+    assert create["host_config"]["Binds"] == [f"{paths.certs}/public:/certs:ro"]
