@@ -9,6 +9,7 @@ dataclasses with :func:`from_dict`, without importing Hydra.
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 import typing
 from dataclasses import dataclass, field
@@ -122,7 +123,7 @@ class FederationConfig:
     client_num_gpus: float = 0.0
     ray_address: str = ""  # simulation: join an existing Ray cluster ("auto" or host:port)
     address: str = ""  # remote: the SuperLink's Control API, host:port
-    insecure: bool = True  # remote: plaintext (loopback or a trusted network only)
+    insecure: bool = False  # remote: plaintext (loopback, or allow_insecure on a trusted network)
     root_certificates: str = ""  # remote: CA bundle for TLS
     results_dir: str = ""  # remote: results folder on the SuperLink host ("" = this run's path)
     # docker: the image built from ./Dockerfile (the engine cannot pull it from anywhere)
@@ -132,6 +133,9 @@ class FederationConfig:
     gpus: str = "auto"
     # docker: TLS and SuperNode authentication on the containers' network (it is not loopback)
     tls: bool = True
+    # Plaintext off loopback (remote insecure=true to another host, local/simulation on a
+    # non-loopback federation.host, docker with tls=false) is refused unless this is true.
+    allow_insecure: bool = False
 
 
 @dataclass
@@ -259,6 +263,36 @@ def one_of(key: str, value: str, allowed: tuple[str, ...]) -> None:
     check(value in allowed, f"{key}={value!r} is not one of {', '.join(allowed)}")
 
 
+def is_loopback(address: str) -> bool:
+    """``address`` (a host, ``host:port`` or ``[v6]:port``) names this machine's loopback."""
+    host = address.strip()
+    if host.startswith("["):
+        host = host[1:].split("]", 1)[0]
+    elif host.count(":") == 1:
+        host = host.rsplit(":", 1)[0]
+    if host.lower() == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def _check_plaintext(f: FederationConfig) -> None:
+    """Plaintext gRPC/HTTP is for loopback; anywhere else only with allow_insecure=true."""
+    if f.allow_insecure:
+        return
+    hint = "use TLS or set federation.allow_insecure=true (a trusted network only)"
+    if f.mode == "remote" and f.insecure and f.address:
+        check(is_loopback(f.address), f"federation.insecure=true sends plaintext to "
+                                      f"{f.address}, not loopback: {hint}")
+    if f.mode in ("local", "simulation"):
+        check(is_loopback(f.host), f"federation={f.mode} runs plaintext on federation.host="
+                                   f"{f.host}, not loopback: {hint}")
+    if f.mode == "docker":
+        check(f.tls, f"federation.tls=false runs plaintext on the containers' network: {hint}")
+
+
 def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     """Raise :class:`ConfigError` on the first value that cannot run; return ``cfg``."""
     DATASETS[cfg.dataset.name], MODELS[cfg.model.name], PARTITIONERS[cfg.partition.name]
@@ -340,6 +374,7 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
             f.insecure or bool(f.root_certificates),
             "federation=remote with insecure=false needs federation.root_certificates",
         )
+    _check_plaintext(f)
     if f.mode == "docker":
         one_of("federation.gpus", f.gpus, ("auto", "all", "none"))
         check(bool(f.image), "federation=docker needs federation.image (docker build -t NAME .)")

@@ -17,14 +17,23 @@ from pathlib import Path
 
 import pytest
 import yaml
+from conftest import REPO
 from cryptography import x509
 from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.hazmat.primitives.serialization import load_ssh_private_key, load_ssh_public_key
+from cryptography.hazmat.primitives.serialization import (
+    load_ssh_private_key,
+    load_ssh_public_key,
+)
 
-from conftest import REPO
 from flbackdoor.config import ConfigError, ExperimentConfig, validate
 from launcher.federation.compose import compose_file, gpu_file, render, roles_of
-from launcher.federation.docker import GPU_REQUEST, HostPaths, container_specs, engine
+from launcher.federation.docker import (
+    GPU_REQUEST,
+    HostPaths,
+    container_specs,
+    engine,
+    register_spec,
+)
 from launcher.federation.services import IMAGE, federation_services
 from launcher.federation.submit import RunFailed
 from launcher.federation.tls import san_entries
@@ -45,14 +54,20 @@ def _tool(name: str) -> str:
     pytest.skip(f"{name} not installed (apt-get install docker-compose / pip install -e '.[test]')")
 
 
-def compose_config(*files: str, cwd: Path = REPO) -> dict:
+def compose_config(*files: str, cwd: Path = REPO, env: dict[str, str] | None = None) -> dict:
     """``docker-compose config``: validates the files against the Compose schema, merges them
     and resolves variables; no engine needed."""
     args = [a for f in files for a in ("-f", f)]
     out = subprocess.run([_tool("docker-compose"), *args, "config"], cwd=cwd,
-                         capture_output=True, text=True, timeout=60)
+                         capture_output=True, text=True, timeout=60,
+                         env={**os.environ, **(env or {})})
     assert out.returncode == 0, out.stderr
     return yaml.safe_load(out.stdout)
+
+
+def _target(port) -> int:
+    """A container port from ``docker-compose config`` (long syntax, or ``ip:host:container``)."""
+    return port["target"] if isinstance(port, dict) else int(str(port).rsplit(":", 1)[-1].split("/")[0])
 
 
 @pytest.fixture(scope="module")
@@ -98,7 +113,8 @@ def test_compose_start_order_tls_and_node_auth(cpu_compose):
         cmd = node["command"]
         assert cmd[cmd.index("--root-certificates") + 1] == "/certs/ca.crt"
         key = cmd[cmd.index("--auth-supernode-private-key") + 1]
-        assert key == f"/certs/nodes/{role}-{i}" and f"{key}.pub" in s["register"]["command"]
+        assert key == f"/certs/{role}-{i}"  # in its own folder, mounted at /certs
+        assert f"/certs/nodes/{role}-{i}.pub" in s["register"]["command"]
         assert f'partition-id={i} num-partitions=4 role="{role}"' in cmd[-1]
     assert "--enable-supernode-auth" in s["superlink"]["command"]
     assert "--insecure" not in str(s)
@@ -140,7 +156,7 @@ def test_runner_submits_a_valid_experiment(cpu_compose):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg: ExperimentConfig = OmegaConf.to_object(compose("config", overrides=cmd[1:]))
     validate(cfg)
-    assert cfg.federation.address == "superlink:9093" and not cfg.federation.insecure
+    assert cfg.federation.address == "127.0.0.1:9093" and not cfg.federation.insecure
     assert cfg.num_clients == len(ROLES) and cfg.attack.num_malicious == ROLES.count("malicious")
 
 
@@ -150,7 +166,7 @@ def test_docker_launcher_specs_match_the_compose_services(gpu_compose, tmp_path)
     here: the specs are compared as data.)"""
     paths = HostPaths(str(tmp_path / "data"), str(tmp_path / "cache"), str(tmp_path / "run"),
                       str(tmp_path / "certs"))
-    specs = container_specs(ROLES, IMAGE, True, "fbk-test", paths, {9092: 40001, 9093: 40002},
+    specs = container_specs(ROLES, IMAGE, True, "fbk-test", paths, {9092: 40001},
                             user="1000:1000", gpu=True)
     assert [s["hostname"] for s in specs] == ["superlink"] + [f"supernode-{i}" for i in range(4)]
     for spec in specs:
@@ -159,16 +175,16 @@ def test_docker_launcher_specs_match_the_compose_services(gpu_compose, tmp_path)
         assert spec["command"] == service["command"]
         assert spec["environment"] == service["environment"]
         assert {int(p.split("/")[0]) for p in spec["ports"]} == \
-            {p["target"] for p in service.get("ports", [])}
+            {_target(p) for p in service.get("ports", [])}
         mounts = {v.split(":")[1]: v.split(":")[2] for v in service["volumes"]}
         assert {m["bind"]: m["mode"] for m in spec["volumes"].values()} == mounts
         assert spec["init"] is service["init"] is True
         wants_gpu = "deploy" in service
         assert spec.get("device_requests") == ([GPU_REQUEST] if wants_gpu else None)
         assert spec["networking_config"] == {"fbk-test": {"Aliases": [spec["hostname"]]}}
-    assert specs[0]["ports"] == {"9092/tcp": ("127.0.0.1", 40001), "9093/tcp": ("127.0.0.1", 40002)}
+    assert specs[0]["ports"] == {"9092/tcp": ("127.0.0.1", 40001)}  # the Fleet API only
     assert specs[0]["volumes"][paths.results] == {"bind": "/results", "mode": "rw"}
-    cpu = container_specs(ROLES, IMAGE, True, "fbk-test", paths, {9092: 1, 9093: 2})
+    cpu = container_specs(ROLES, IMAGE, True, "fbk-test", paths, {9092: 1})
     assert not any("device_requests" in s or "user" in s for s in cpu)
 
 
@@ -218,20 +234,22 @@ def test_tls_make_certificates_and_node_keys(tmp_path):
     written = make(tmp_path, ["10.200.0.1", "superlink"], ["benign-0", "malicious-1"])
     assert len(written) == 5
     ca = x509.load_pem_x509_certificate((tmp_path / "ca.crt").read_bytes())
-    server = x509.load_pem_x509_certificate((tmp_path / "server.pem").read_bytes())
+    server = x509.load_pem_x509_certificate((tmp_path / "superlink" / "server.pem").read_bytes())
     server.verify_directly_issued_by(ca)
     assert san_entries(server) == ["10.200.0.1", "127.0.0.1", "superlink", "localhost"]
     san = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert "10.200.0.1" not in san.get_values_for_type(x509.DNSName)  # an IP SAN, not a name
     assert ca.extensions.get_extension_for_class(x509.BasicConstraints).value.ca
     for name in ("benign-0", "malicious-1"):
-        key = tmp_path / "nodes" / name
+        key = tmp_path / "nodes" / name / name
         private = load_ssh_private_key(key.read_bytes(), None)  # Flower's own loader
         public = load_ssh_public_key(key.with_name(name + ".pub").read_bytes())
+        assert (tmp_path / "public" / "nodes" / f"{name}.pub").read_bytes() == \
+            key.with_name(name + ".pub").read_bytes()
         assert isinstance(private, ec.EllipticCurvePrivateKey)
         assert private.public_key().public_numbers() == public.public_numbers()
         assert stat.S_IMODE(key.stat().st_mode) == 0o600
-    for secret in ("ca.key", "server.key"):
+    for secret in ("ca.key", "superlink/server.key"):
         assert stat.S_IMODE((tmp_path / secret).stat().st_mode) == 0o600
 
 
@@ -240,10 +258,14 @@ def test_tls_make_keeps_existing_material(tmp_path):
     assert not (tmp_path / "ca.key").exists()
     before = {p: p.read_bytes() for p in tmp_path.rglob("*") if p.is_file()}
     written = make(tmp_path, ["superlink"], ["benign-0", "benign-1"], keep_existing=True)
-    assert written == [str(tmp_path / "nodes" / "benign-1.pub")]
+    assert written == [str(tmp_path / "nodes" / "benign-1" / "benign-1.pub")]
     assert all(p.read_bytes() == data for p, data in before.items())
     make(tmp_path, ["other"], ["benign-0"])  # without --keep-existing: fresh material
-    assert (tmp_path / "server.pem").read_bytes() != before[tmp_path / "server.pem"]
+    pem = tmp_path / "superlink" / "server.pem"
+    assert pem.read_bytes() != before[pem]
+    # Every holder's copy of ca.crt follows the new CA.
+    assert (tmp_path / "nodes" / "benign-0" / "ca.crt").read_bytes() == \
+        (tmp_path / "superlink" / "ca.crt").read_bytes() != before[tmp_path / "ca.crt"]
 
 
 def test_tls_cli_needs_a_san(tmp_path, capsys):
@@ -289,7 +311,7 @@ def test_docker_launcher_specs_are_valid_sdk_arguments(tmp_path):
 
     paths = HostPaths(str(tmp_path / "d"), str(tmp_path / "c"), str(tmp_path / "r"),
                       str(tmp_path / "k"))
-    specs = container_specs(ROLES, IMAGE, True, "fbk", paths, {9092: 1, 9093: 2}, user="7:7",
+    specs = container_specs(ROLES, IMAGE, True, "fbk", paths, {9092: 1}, user="7:7",
                             gpu=True)
     creates = [_create_container_args({k: v for k, v in spec.items() if k != "detach"}
                                       | {"version": "1.44"}) for spec in specs]
@@ -302,5 +324,156 @@ def test_docker_launcher_specs_are_valid_sdk_arguments(tmp_path):
         assert gpu == ([] if spec["hostname"] == "superlink" else ["nvidia"])
         assert f"{paths.data}:/data:rw" in host["Binds"]
     assert creates[0]["host_config"]["PortBindings"] == {
-        "9092/tcp": [{"HostIp": "127.0.0.1", "HostPort": "1"}],
-        "9093/tcp": [{"HostIp": "127.0.0.1", "HostPort": "2"}]}
+        "9092/tcp": [{"HostIp": "127.0.0.1", "HostPort": "1"}]}
+    register = register_spec(ROLES, IMAGE, "fbk", paths, user="7:7")
+    create = _create_container_args({k: v for k, v in register.items() if k != "detach"}
+                                    | {"version": "1.44"})
+    assert create["host_config"]["NetworkMode"] == "container:fbk-superlink"
+    assert create["host_config"]["Binds"] == [f"{paths.certs}/public:/certs:ro"]
+
+
+def _certs_mounts(service: dict) -> list[str]:
+    return [v for v in service.get("volumes", []) if ":/certs" in v]
+
+
+def test_each_container_holds_only_its_own_keys(cpu_compose, tmp_path):
+    """Which compose service mounts which certificates volume, and what ``flbackdoor-tls make``
+    puts in each folder: server.key only where the SuperLink looks, a SuperNode's private key
+    only in that SuperNode's volume, ca.key nowhere; every consumer mounts read-only."""
+    s = cpu_compose["services"]
+    names = [f"{role}-{i}" for i, role in enumerate(ROLES)]
+    mounted = {name: _certs_mounts(service) for name, service in s.items()}
+    assert mounted["superlink"] == ["certs-superlink:/certs:ro"]
+    assert mounted["register"] == mounted["runner"] == ["certs-public:/certs:ro"]
+    for i, name in enumerate(names):
+        assert mounted[f"supernode-{i}"] == [f"certs-{name}:/certs:ro"]
+    # Only `certs` writes them (as root, handing them to FLBACKDOOR_USER), and keeps no ca.key.
+    assert sorted(mounted["certs"]) == sorted(
+        ["certs-superlink:/certs/superlink:rw", "certs-public:/certs/public:rw",
+         *[f"certs-{n}:/certs/nodes/{n}:rw" for n in names]])
+    cmd = s["certs"]["command"]
+    assert s["certs"]["user"] == "0:0" and "--discard-ca-key" in cmd
+    assert cmd[cmd.index("--owner") + 1] == "1000:1000"  # FLBACKDOOR_USER's default
+    assert set(cpu_compose["volumes"]) == {"cache", "certs-superlink", "certs-public",
+                                           *[f"certs-{n}" for n in names]}
+
+    # The folders those volumes hold, as `certs` writes them.
+    make(tmp_path, ["superlink"], names, keep_ca_key=False)
+    folder_of = {"certs-superlink": tmp_path / "superlink", "certs-public": tmp_path / "public",
+                 **{f"certs-{n}": tmp_path / "nodes" / n for n in names}}
+    seen = {service: sorted(str(p.relative_to(folder_of[m[0].split(":")[0]]))
+                            for p in folder_of[m[0].split(":")[0]].rglob("*") if p.is_file())
+            for service, m in mounted.items() if m and service != "certs"}
+    assert seen["superlink"] == ["ca.crt", "server.key", "server.pem"]
+    assert seen["register"] == ["ca.crt", *[f"nodes/{n}.pub" for n in names]]
+    for i, name in enumerate(names):
+        assert seen[f"supernode-{i}"] == sorted(["ca.crt", name, f"{name}.pub"])
+    assert [svc for svc, files in seen.items() if "server.key" in files] == ["superlink"]
+    assert not list(tmp_path.rglob("ca.key"))
+    private = {n for n in names}
+    for service, files in seen.items():  # no container sees another's private key
+        own = {f"supernode-{i}": {n} for i, n in enumerate(names)}.get(service, set())
+        assert {f for f in files if f in private} == own, service
+
+
+def test_control_api_on_the_superlinks_loopback_and_only_the_fleet_api_published(cpu_compose):
+    """The Control + Runtime API (one HTTP server in Flower 1.39) listens on 127.0.0.1 inside the
+    SuperLink container; `register` and the runner share its network namespace; nothing but the
+    Fleet API is published, on 127.0.0.1 unless FLBACKDOOR_FLEET_BIND says otherwise."""
+    s = cpu_compose["services"]
+    cmd = s["superlink"]["command"]
+    assert cmd[cmd.index("--host") + 1] == "127.0.0.1" and cmd[cmd.index("--port") + 1] == "9093"
+    assert cmd[cmd.index("--fleet-api-address") + 1] == "0.0.0.0:9092"
+    published = {name: service["ports"] for name, service in s.items() if service.get("ports")}
+    assert published == {"superlink": ["127.0.0.1:9092:9092/tcp"]}
+    for name in ("register", "runner"):
+        assert s[name]["network_mode"] == "service:superlink"
+    assert s["register"]["command"][2] == "127.0.0.1:9093"
+    assert "federation.address=127.0.0.1:9093" in s["runner"]["command"]
+    for i in range(len(ROLES)):  # a SuperNode dials the Fleet API; its own Runtime API: loopback
+        node = s[f"supernode-{i}"]["command"]
+        assert "--host" not in node and "network_mode" not in s[f"supernode-{i}"]
+    everywhere = compose_config("docker-compose.yml", env={"FLBACKDOOR_FLEET_BIND": "0.0.0.0"})
+    assert everywhere["services"]["superlink"]["ports"] == ["0.0.0.0:9092:9092/tcp"]
+
+
+def test_docker_launcher_mounts_each_containers_own_folder(tmp_path):
+    """federation=docker: the same split on host folders; the Control API is not published."""
+    certs = tmp_path / "certs"
+    names = [f"{role}-{i}" for i, role in enumerate(ROLES)]
+    make(certs, ["superlink"], names, keep_ca_key=False)
+    paths = HostPaths(str(tmp_path / "d"), str(tmp_path / "c"), str(tmp_path / "r"), str(certs))
+    specs = container_specs(ROLES, IMAGE, True, "fbk", paths, {9092: 5})
+    specs.append(register_spec(ROLES, IMAGE, "fbk", paths))
+    holders = {}
+    for spec in specs:
+        sources = [src for src, m in spec["volumes"].items() if m["bind"] == "/certs"]
+        assert len(sources) == 1 and spec["volumes"][sources[0]]["mode"] == "ro"
+        holders[spec["name"]] = {p.name for p in Path(sources[0]).rglob("*") if p.is_file()}
+    assert holders["fbk-superlink"] == {"ca.crt", "server.pem", "server.key"}
+    for i, name in enumerate(names):
+        assert holders[f"fbk-supernode-{i}"] == {"ca.crt", name, f"{name}.pub"}
+    assert holders["fbk-register"] == {"ca.crt", *[f"{n}.pub" for n in names]}
+    assert [n for n, files in holders.items() if "server.key" in files] == ["fbk-superlink"]
+    assert not list(certs.rglob("ca.key"))
+    assert specs[0]["ports"] == {"9092/tcp": ("127.0.0.1", 5)}
+    assert specs[-1]["network_mode"] == "container:fbk-superlink" and "ports" not in specs[-1]
+
+
+@pytest.mark.parametrize("settings, error", [
+    ({"mode": "remote", "address": "10.0.0.5:9093", "insecure": True},
+     "federation.insecure=true sends plaintext to 10.0.0.5:9093"),
+    ({"mode": "remote", "address": "superlink:9093", "insecure": True},
+     "federation.insecure=true sends plaintext to superlink:9093"),
+    ({"mode": "local", "host": "0.0.0.0"}, "federation=local runs plaintext on federation.host"),
+    ({"mode": "simulation", "host": "10.1.2.3"}, "federation=simulation runs plaintext"),
+    ({"mode": "docker", "tls": False}, "federation.tls=false runs plaintext"),
+])
+def test_plaintext_off_loopback_needs_allow_insecure(settings, error):
+    cfg = ExperimentConfig()
+    for key, value in settings.items():
+        setattr(cfg.federation, key, value)
+    with pytest.raises(ConfigError) as err:
+        validate(cfg)
+    message = str(err.value)
+    assert message.startswith(error) and "\n" not in message
+    assert "federation.allow_insecure=true" in message
+    cfg.federation.allow_insecure = True
+    validate(cfg)
+
+
+@pytest.mark.parametrize("address", ["127.0.0.1:9093", "localhost:9093", "[::1]:9093",
+                                     "127.0.0.2:9093"])
+def test_plaintext_on_loopback_is_accepted(address):
+    cfg = ExperimentConfig()
+    cfg.federation.mode, cfg.federation.address, cfg.federation.insecure = "remote", address, True
+    validate(cfg)
+    cfg.federation.address, cfg.federation.insecure = "10.0.0.5:9093", False
+    with pytest.raises(ConfigError, match="needs federation.root_certificates"):
+        validate(cfg)  # TLS needs the CA
+
+
+def test_federation_yaml_and_schema_defaults_agree():
+    """The security switches mean the same with and without Hydra (the YAML once said
+    insecure: false while the schema said true)."""
+    from flbackdoor.config import FederationConfig
+
+    defaults = FederationConfig()
+    assert defaults.insecure is False and defaults.allow_insecure is False and defaults.tls
+    for path in sorted((REPO / "conf" / "federation").glob("*.yaml")):
+        data = yaml.safe_load(path.read_text())
+        for key in ("insecure", "allow_insecure", "tls", "host"):
+            if key in data:
+                assert data[key] == getattr(defaults, key), f"{path.name}: {key}"
+        if data["mode"] in ("remote", "local", "simulation", "docker"):
+            assert data.get("allow_insecure") is False, path.name
+
+
+def test_keys_and_certs_are_ignored_by_git_and_docker():
+    """README's node keys (keys/<name>) and certificates never enter a commit or the image."""
+    for path in ("keys/benign-3", "sub/keys/benign-3", "certs/superlink/server.key"):
+        out = subprocess.run(["git", "check-ignore", "-q", "--no-index", path], cwd=REPO,
+                             timeout=60)
+        assert out.returncode == 0, path
+    ignored = (REPO / ".dockerignore").read_text().split()
+    assert {"keys", "**/keys", "certs"} <= set(ignored)

@@ -152,13 +152,13 @@ def test_compose_up_runs_the_generated_federation_and_down_leaves_nothing(image,
     folder.mkdir()
     results.mkdir()
     compose_main(["--dir", str(folder), "--nodes", "4", "--malicious", "1", *TINY])
-    # The SuperLink's published ports: on loopback and free, so that nothing else on this
-    # machine is disturbed (the compose file publishes 9092/9093 on every address).
+    # The SuperLink publishes only the Fleet API (on FLBACKDOOR_FLEET_BIND, 127.0.0.1 by
+    # default); here on a free port, so that nothing else on this machine is disturbed.
     path = folder / "docker-compose.yml"
     data = yaml.safe_load(path.read_text())
-    assert data["services"]["superlink"]["ports"] == ["9092:9092", "9093:9093"]
-    data["services"]["superlink"]["ports"] = [f"127.0.0.1:{_free_port()}:{p}" for p in
-                                              (9092, 9093)]
+    assert data["services"]["superlink"]["ports"] == [
+        "${FLBACKDOOR_FLEET_BIND:-127.0.0.1}:9092:9092"]
+    data["services"]["superlink"]["ports"] = [f"127.0.0.1:{_free_port()}:9092"]
     path.write_text(yaml.safe_dump(data, sort_keys=False))
     project = f"fbktest{uuid.uuid4().hex[:8]}"
     dc = Compose(folder, project, {
@@ -177,10 +177,10 @@ def test_compose_up_runs_the_generated_federation_and_down_leaves_nothing(image,
         assert waited.stdout.strip() == "0", _run(["docker", "logs", runner], 60).stdout[-4000:]
 
         # A SuperNode container whose key was never registered is refused: its own key pair,
-        # the compose network, the CA from the certs volume.
+        # the compose network, the CA from the public certificates volume.
         intruder = _run([
             "docker", "run", "--rm", "--init", "--network", f"{project}_default",
-            "-v", f"{project}_certs:/certs:ro", "--user", f"{os.getuid()}:{os.getgid()}",
+            "-v", f"{project}_certs-public:/certs:ro", "--user", f"{os.getuid()}:{os.getgid()}",
             "--entrypoint", "sh", image, "-c",
             "flbackdoor-tls node-key /tmp/intruder >/dev/null && exec timeout 120 "
             "flower-supernode --root-certificates /certs/ca.crt --superlink superlink:9092 "
@@ -188,6 +188,15 @@ def test_compose_up_runs_the_generated_federation_and_down_leaves_nothing(image,
             "num-partitions=4 role=\"benign\" data-root=\"/data\" cache-dir=\"/tmp\"'"], 180)
         assert intruder.returncode not in (0, 124), intruder.stdout[-2000:] + intruder.stderr
         assert "Failed to activate SuperNode" in intruder.stdout + intruder.stderr
+
+        # From a SuperNode's container: its own key and ca.crt only, no server.key, and the
+        # SuperLink's Control API (9093) does not answer on the network (loopback only).
+        node = dc.container("supernode-3")
+        probe = ("ls -A /certs; python -c \"import socket; "
+                 "socket.create_connection(('superlink', 9093), 3)\"")
+        seen = _run(["docker", "exec", node, "sh", "-c", probe], 60)
+        assert seen.stdout.split() == ["ca.crt", "malicious-3", "malicious-3.pub"], seen.stdout
+        assert seen.returncode != 0 and "Connection refused" in seen.stderr, seen.stderr
     finally:
         dc.save_logs(tmp_path / "compose.log")
         down = dc("down", "-v", "--remove-orphans", "-t", "10", timeout=300)
@@ -246,7 +255,7 @@ def test_federation_docker_survives_a_killed_supernode_container(image, tmp_path
     assert [r["missing_nodes"] for r in rows] == [0, 1], rows
     assert [r["num_clients"] for r in rows] == [4, 3], rows
     logs = sorted(p.name for p in (run_dir / "logs").iterdir())
-    assert logs == ["superlink.log"] + [f"supernode-{i}.log" for i in range(4)]
+    assert logs == ["register.log", "superlink.log"] + [f"supernode-{i}.log" for i in range(4)]
     assert _leftovers(f"flbackdoor.federation={killed}") == {
         "container": [], "network": [], "volume": []}
     assert not client.networks.list(names=[killed])

@@ -20,7 +20,7 @@ from launcher.federation import commands
 from launcher.federation.commands import CONTROL_PORT, FLEET_PORT, NODE_PORT, Tls, node_name
 from launcher.federation.processes import ProcessGroup
 from launcher.federation.submit import flwr_bin, flwr_env
-from launcher.federation.tls import ServerCerts, write_node_key
+from launcher.federation.tls import ServerCerts, node_private_key, public_key, write_node_key
 from launcher.federation.tls_cli import make
 from flbackdoor.results import read_metrics
 
@@ -129,13 +129,13 @@ def test_tls_node_auth_federation_across_namespaces(hosts, tmp_path, cache_dir):
         reg = subprocess.run(
             hosts.on("operator", ["flbackdoor-tls", "register", f"{sl}:{CONTROL_PORT}", "--ca",
                                   str(server.ca),
-                                  *[str(certs / "nodes" / f"{n}.pub") for n in names]]),
+                                  *[str(public_key(certs, n)) for n in names]]),
             capture_output=True, text=True, env=env, timeout=120)
         assert reg.returncode == 0, reg.stdout + reg.stderr
         # Registering again (compose's `register` service on every start) is not an error.
         again = subprocess.run(
             hosts.on("operator", ["flbackdoor-tls", "register", f"{sl}:{CONTROL_PORT}", "--ca",
-                                  str(server.ca), str(certs / "nodes" / f"{names[0]}.pub")]),
+                                  str(server.ca), str(public_key(certs, names[0]))]),
             capture_output=True, text=True, env=env, timeout=120)
         assert again.returncode == 0 and "registered benign-0.pub" in again.stdout, again.stderr
         procs.check_alive()
@@ -145,7 +145,7 @@ def test_tls_node_auth_federation_across_namespaces(hosts, tmp_path, cache_dir):
             # it (atomically) for all, instead of every node decoding MNIST again.
             config = commands.node_config(pid, len(ROLES), role, str(SHARED_DATA), str(cache_dir))
             procs.start(f"supernode-{pid}", hosts.on(f"node{pid}", commands.supernode_cmd(
-                f"{sl}:{FLEET_PORT}", NODE_PORT, config, ca, str(certs / "nodes" / names[pid]))))
+                f"{sl}:{FLEET_PORT}", NODE_PORT, config, ca, str(node_private_key(certs, names[pid])))))
         # Intruders on their own host: a valid key the SuperLink never saw; no TLS at all.
         bad_config = commands.node_config(0, len(ROLES), "malicious")
         limits = ["--max-retries", "1", "--max-wait-time", "20"]

@@ -3,8 +3,13 @@
 One SuperLink and one SuperNode container per partition (the services of
 :mod:`launcher.federation.services`, as in ``docker-compose.yml``) on a network of their own,
 TLS and SuperNode authentication on (``federation.tls``). This process plays compose's
-``certs``, ``register`` and ``runner`` services: it writes the certificates into the run folder,
-registers the node keys and submits the run through the SuperLink's published Control API.
+``certs`` and ``runner`` services: it writes the certificates into the run folder (one folder
+per holder; each container mounts only its own, see :mod:`launcher.federation.tls`; ca.key is
+deleted at once), starts compose's ``register`` container in the SuperLink's network namespace,
+and submits the run with ``docker exec`` inside the SuperLink container: the Control API listens
+on that container's loopback only, is not published, and no SuperNode container can reach it.
+Only the Fleet API is published, on ``federation.host``. Needs the ``docker`` CLI besides the SDK
+(for the ``exec`` that streams ``flwr run``).
 Containers run as the calling user, so the results the ServerApp writes into the run folder
 (mounted as ``/results``) are the user's. Every container and the network are removed at the
 end, whatever happened; their logs are kept in ``<run>/logs/``.
@@ -17,16 +22,20 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import shutil
 import time
 from pathlib import Path
 
 from flbackdoor.config import ExperimentConfig
-from launcher.federation.commands import CONTROL_PORT, FLEET_PORT, node_name
-from launcher.federation.processes import ProcessFailed, free_port, port_open
-from launcher.federation.services import (CACHE, CERTS, DATA, RESULTS, SUPERLINK,
-                                            federation_services)
+from launcher.federation.commands import FLEET_PORT, node_name
+from launcher.federation.processes import ProcessFailed, free_port
+from launcher.federation.services import (CACHE, CERTS, CONTROL, DATA, READY_CMD, RESULTS,
+                                            SUPERLINK, Service, federation_services,
+                                            register_service)
 from launcher.federation.submit import (RunFailed, flwr_env, submit, write_flwr_home,
                                           write_run_config)
+
+APP_IN_IMAGE = "/app"  # the Dockerfile's WORKDIR: `flwr run` builds the Flower App from it
 
 GPU_REQUEST = {"driver": "nvidia", "count": -1, "capabilities": [["gpu"]]}
 
@@ -38,7 +47,36 @@ class HostPaths:
     data: str
     cache: str
     results: str
-    certs: str = ""
+    certs: str = ""  # the folder `flbackdoor-tls make` wrote; each container mounts one sub-folder
+
+
+def _spec(s: Service, image: str, prefix: str, paths: HostPaths, ports: dict[int, int],
+          host: str, user: str, gpu: bool) -> dict:
+    sources = {DATA: paths.data, CACHE: paths.cache, RESULTS: paths.results}
+    volumes = {sources[m]: {"bind": m, "mode": "rw"} for m in s.mounts}
+    if s.certs:
+        volumes[str(Path(paths.certs) / s.certs)] = {"bind": CERTS, "mode": "ro"}
+    spec = {
+        "name": f"{prefix}-{s.name}",
+        "image": image,
+        "command": list(s.command),
+        "environment": dict(s.environment),
+        "volumes": volumes,
+        "init": True,
+        "detach": True,
+        "labels": {"flbackdoor.federation": prefix, "flbackdoor.service": s.name},
+    }
+    if s.joins:  # the other container's network namespace: its loopback is this one's
+        spec["network_mode"] = f"container:{prefix}-{s.joins}"
+    else:
+        spec |= {"ports": {f"{p}/tcp": (host, ports[p]) for p in s.ports}, "network": prefix,
+                 # Compose resolves a service by its name; here the same name is an alias.
+                 "networking_config": {prefix: {"Aliases": [s.name]}}, "hostname": s.name}
+    if user:
+        spec["user"] = user
+    if gpu and s.gpu:
+        spec["device_requests"] = [dict(GPU_REQUEST)]
+    return spec
 
 
 def container_specs(roles: list[str], image: str, tls: bool, prefix: str, paths: HostPaths,
@@ -46,33 +84,21 @@ def container_specs(roles: list[str], image: str, tls: bool, prefix: str, paths:
                     gpu: bool = False) -> list[dict]:
     """``containers.run`` keyword arguments for the SuperLink, then each SuperNode.
 
-    ``ports`` maps the SuperLink's container ports to free ports on ``host``; ``gpu`` gives
-    every SuperNode all GPUs."""
-    sources = {DATA: (paths.data, "rw"), CACHE: (paths.cache, "rw"),
-               RESULTS: (paths.results, "rw"), CERTS: (paths.certs, "ro")}
-    specs = []
-    for s in federation_services(roles, tls):
-        spec = {
-            "name": f"{prefix}-{s.name}",
-            "image": image,
-            "command": list(s.command),
-            "environment": dict(s.environment),
-            "ports": {f"{p}/tcp": (host, ports[p]) for p in s.ports},
-            "volumes": {sources[m][0]: {"bind": m, "mode": sources[m][1]} for m in s.mounts},
-            "network": prefix,
-            # Compose resolves a service by its name; here the same name is an alias.
-            "networking_config": {prefix: {"Aliases": [s.name]}},
-            "hostname": s.name,
-            "init": True,
-            "detach": True,
-            "labels": {"flbackdoor.federation": prefix, "flbackdoor.service": s.name},
-        }
-        if user:
-            spec["user"] = user
-        if gpu and s.gpu:
-            spec["device_requests"] = [dict(GPU_REQUEST)]
-        specs.append(spec)
-    return specs
+    ``ports`` maps the SuperLink's published container ports (the Fleet API) to free ports on
+    ``host``; ``gpu`` gives every SuperNode all GPUs."""
+    return [_spec(s, image, prefix, paths, ports, host, user, gpu)
+            for s in federation_services(roles, tls)]
+
+
+def register_spec(roles: list[str], image: str, prefix: str, paths: HostPaths,
+                  user: str = "") -> dict:
+    """Compose's ``register`` service: in the SuperLink's network namespace, ``public/`` only."""
+    return _spec(register_service(roles), image, prefix, paths, {}, "", user, False)
+
+
+def exec_prefix(container: str, flwr_home: str) -> list[str]:
+    """``flwr`` inside the SuperLink container (where the Control API is, on its loopback)."""
+    return ["docker", "exec", "-e", f"FLWR_HOME={flwr_home}", container]
 
 
 class Containers:
@@ -87,6 +113,16 @@ class Containers:
         container = self.client.containers.run(**spec)
         self.started.append(container)
         return container
+
+    def wait_ready(self, timeout_s: float) -> None:
+        """Until the SuperLink's Control API answers on its own loopback (compose's
+        healthcheck, run with exec)."""
+        deadline = time.monotonic() + timeout_s
+        while self.started[0].exec_run(READY_CMD).exit_code != 0:
+            self.check_alive()
+            if time.monotonic() > deadline:
+                raise ProcessFailed(f"SuperLink container not ready after {timeout_s:.0f}s")
+            time.sleep(0.5)
 
     def check_alive(self) -> None:
         superlink = self.started[0]
@@ -122,6 +158,9 @@ def engine():
         client.ping()
     except docker.errors.DockerException as err:
         raise RunFailed(f"federation=docker needs a running Docker engine: {err}") from None
+    if shutil.which("docker") is None:
+        raise RunFailed("federation=docker needs the docker CLI on PATH (it submits with "
+                        "`docker exec` inside the SuperLink container)")
     return client
 
 
@@ -129,7 +168,7 @@ def run_docker(cfg: ExperimentConfig, run_dir: Path) -> int:
     import docker
 
     from launcher.federation.local import node_roles
-    from launcher.federation.tls_cli import make, register
+    from launcher.federation.tls_cli import make
 
     f = cfg.federation
     client = engine()
@@ -145,32 +184,33 @@ def run_docker(cfg: ExperimentConfig, run_dir: Path) -> int:
         make(certs, [SUPERLINK], names, keep_ca_key=False)
     paths = HostPaths(cfg.data.root, cfg.data.cache_dir, str(run_dir.resolve()),
                       str(certs.resolve()))
-    ports = {FLEET_PORT: free_port(f.host), CONTROL_PORT: free_port(f.host)}
+    ports = {FLEET_PORT: free_port(f.host)}
     prefix = f"flbackdoor-{os.getpid()}-{int(time.time())}"
-    specs = container_specs(roles, f.image, f.tls, prefix, paths, ports, f.host,
-                            f"{os.getuid()}:{os.getgid()}", wants_gpu(client, f.gpus))
+    user = f"{os.getuid()}:{os.getgid()}"
+    specs = container_specs(roles, f.image, f.tls, prefix, paths, ports, f.host, user,
+                            wants_gpu(client, f.gpus))
     # The ServerApp reads the experiment inside the SuperLink container: its folders there.
     inside = dataclasses.replace(
         cfg, data=dataclasses.replace(cfg.data, root=DATA, cache_dir=CACHE))
     run_config = write_run_config(inside, run_dir, Path(RESULTS))
-    control = f"{f.host}:{ports[CONTROL_PORT]}"
-    home = write_flwr_home(run_dir, control, insecure=not f.tls,
-                           root_certificates=str(certs / "ca.crt") if f.tls else "")
+    # `flwr` runs inside the SuperLink container: the run folder is its /results, the CA its
+    # /certs/ca.crt, the Control API its 127.0.0.1.
+    write_flwr_home(run_dir, CONTROL, insecure=not f.tls,
+                    root_certificates=f"{CERTS}/ca.crt" if f.tls else "")
+    wrap = exec_prefix(specs[0]["name"], f"{RESULTS}/flwr_home")
     client.networks.create(prefix, driver="bridge", labels={"flbackdoor.federation": prefix})
     group = Containers(client, prefix, run_dir / "logs")
     try:
         group.run(specs[0])
-        deadline = time.monotonic() + f.startup_timeout_s
-        while not port_open(f.host, ports[CONTROL_PORT]):
-            group.check_alive()
-            if time.monotonic() > deadline:
-                raise ProcessFailed(
-                    f"SuperLink container not ready after {f.startup_timeout_s:.0f}s")
-            time.sleep(0.5)
+        group.wait_ready(f.startup_timeout_s)
         if f.tls:
-            register(control, str(certs / "ca.crt"), [certs / "nodes" / f"{n}.pub" for n in names])
+            reg = group.run(register_spec(roles, f.image, prefix, paths, user))
+            if reg.wait(timeout=f.startup_timeout_s + 60).get("StatusCode") != 0:
+                tail = reg.logs().decode(errors="replace")[-1500:]
+                raise ProcessFailed(f"registering the SuperNode keys failed: {tail}")
         for spec in specs[1:]:
             group.run(spec)
-        return submit(run_dir, run_config, flwr_env(home), group)  # type: ignore[arg-type]
+        return submit(run_dir, Path(RESULTS) / run_config.name, flwr_env(run_dir / "flwr_home"),
+                      group, prefix_cmd=wrap, app_dir=APP_IN_IMAGE)  # type: ignore[arg-type]
     finally:
         group.remove()

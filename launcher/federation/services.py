@@ -5,6 +5,17 @@
 container started from Python runs exactly the command, environment and ports of its compose
 service. Paths are the image's: certificates in ``/certs``, data in ``/data``, the partition cache
 in ``/cache``, results in ``/results``.
+
+What each container holds (``flbackdoor-tls make`` writes one folder per holder, mounted read-only
+at ``/certs``): the SuperLink its ``superlink/`` folder (ca.crt, server.pem, server.key), each
+SuperNode its own ``nodes/<name>/`` (ca.crt and its private key), ``register`` and the runner
+``public/`` (ca.crt and the public keys). No container ever sees ca.key or another's key.
+
+The SuperLink's Control API and Runtime API (one HTTP server in Flower 1.39: ``--host``,
+``--port``) listen on 127.0.0.1 inside its container, so no SuperNode can reach them (a SuperNode
+holds ca.crt: with the Control API it could register keys and submit code; with the Runtime API
+claim the ServerApp's task). ``register`` and the runner join the SuperLink's network namespace
+(``network_mode``) and dial 127.0.0.1; only the Fleet API (9092) faces the network.
 """
 
 from __future__ import annotations
@@ -14,6 +25,7 @@ from dataclasses import dataclass, field
 from flbackdoor.config import FederationConfig
 from launcher.federation.commands import (CONTROL_PORT, FLEET_PORT, FLOWER_ENV, NODE_PORT, Tls,
                                             node_config, node_name, superlink_cmd, supernode_cmd)
+from launcher.federation.tls import NODES_DIR, PUBLIC_DIR, SUPERLINK_DIR
 
 IMAGE = "flbackdoor:latest"
 SUPERLINK = "superlink"  # the SuperLink's host name on the containers' network
@@ -37,7 +49,21 @@ class Service:
     ports: tuple[int, ...] = ()  # container ports published to the host
     environment: dict[str, str] = field(default_factory=lambda: dict(ENV))
     gpu: bool = False  # runs ClientApps: the GPU belongs here
-    mounts: tuple[str, ...] = ()  # of CERTS, DATA, CACHE, RESULTS
+    mounts: tuple[str, ...] = ()  # of DATA, CACHE, RESULTS
+    certs: str = ""  # the certificates sub-folder mounted read-only at CERTS ("": none)
+    joins: str = ""  # another service whose network namespace this one shares (its loopback)
+
+
+SUPERLINK_CERTS, PUBLIC_CERTS = SUPERLINK_DIR, PUBLIC_DIR
+CONTROL = f"127.0.0.1:{CONTROL_PORT}"  # the Control API, from inside the SuperLink's namespace
+# The SuperLink is ready once its Control API answers (compose's healthcheck; the Docker SDK
+# launcher runs it with exec).
+READY_CMD = ["python", "-c",
+             f"import socket; socket.create_connection(('127.0.0.1', {CONTROL_PORT}), 2)"]
+
+
+def node_certs(name: str) -> str:
+    return f"{NODES_DIR}/{name}"
 
 
 def server_tls() -> Tls:
@@ -45,15 +71,16 @@ def server_tls() -> Tls:
 
 
 def node_key(partition_id: int, role: str) -> str:
-    """A SuperNode's private key in the certificates folder (``.pub`` beside it)."""
-    return f"{CERTS}/nodes/{node_name(partition_id, role)}"
+    """A SuperNode's private key in its container (its own folder, mounted at ``/certs``)."""
+    return f"{CERTS}/{node_name(partition_id, role)}"
 
 
 def superlink_service(tls: bool) -> Service:
-    cmd = superlink_cmd(f"0.0.0.0:{FLEET_PORT}", "0.0.0.0", CONTROL_PORT,
+    # Control + Runtime API on loopback; only the Fleet API listens on the network.
+    cmd = superlink_cmd(f"0.0.0.0:{FLEET_PORT}", "127.0.0.1", CONTROL_PORT,
                         server_tls() if tls else None, node_auth=tls)
-    mounts = (CERTS, DATA, CACHE, RESULTS) if tls else (DATA, CACHE, RESULTS)
-    return Service(SUPERLINK, cmd, ports=(FLEET_PORT, CONTROL_PORT), mounts=mounts)
+    return Service(SUPERLINK, cmd, ports=(FLEET_PORT,), mounts=(DATA, CACHE, RESULTS),
+                   certs=SUPERLINK_CERTS if tls else "")
 
 
 def supernode_service(partition_id: int, num_partitions: int, role: str, tls: bool) -> Service:
@@ -61,8 +88,17 @@ def supernode_service(partition_id: int, num_partitions: int, role: str, tls: bo
     cmd = supernode_cmd(f"{SUPERLINK}:{FLEET_PORT}", NODE_PORT, config,
                         Tls(f"{CERTS}/ca.crt") if tls else None,
                         node_key(partition_id, role) if tls else "")
-    mounts = (CERTS, DATA, CACHE) if tls else (DATA, CACHE)
-    return Service(f"supernode-{partition_id}", cmd, gpu=True, mounts=mounts)
+    own = node_certs(node_name(partition_id, role)) if tls else ""
+    return Service(f"supernode-{partition_id}", cmd, gpu=True, mounts=(DATA, CACHE), certs=own)
+
+
+def register_service(roles: list[str]) -> Service:
+    """Registers every node's public key through the Control API, from the SuperLink's own
+    network namespace (the API is on its loopback); holds only ``public/``."""
+    names = [node_name(p, r) for p, r in enumerate(roles)]
+    cmd = ["flbackdoor-tls", "register", CONTROL, "--ca", f"{CERTS}/ca.crt",
+           *[f"{CERTS}/{NODES_DIR}/{n}.pub" for n in names]]
+    return Service("register", cmd, certs=PUBLIC_CERTS, joins=SUPERLINK)
 
 
 def federation_services(roles: list[str], tls: bool = True) -> list[Service]:

@@ -70,10 +70,14 @@ def submit(
     env: dict[str, str],
     procs: ProcessGroup | None = None,
     federation_config: str | None = None,
+    prefix_cmd: list[str] | None = None,
+    app_dir: str | Path = APP_DIR,
 ) -> int:
     """``flwr run`` the app, echo its log stream, and raise :class:`RunFailed` unless it
-    finished; a federation process dying meanwhile ends the run too."""
-    cmd = [flwr_bin("flwr"), "run", str(APP_DIR), CONNECTION, "--run-config", str(run_config),
+    finished; a federation process dying meanwhile ends the run too. ``prefix_cmd``: run
+    ``flwr`` through it (``docker exec <container>``; then ``run_config`` and ``app_dir`` are
+    paths in that container)."""
+    cmd = [*_flwr(prefix_cmd), "run", str(app_dir), CONNECTION, "--run-config", str(run_config),
            "--stream"]
     if federation_config:
         cmd += ["--federation-config", federation_config]
@@ -115,18 +119,22 @@ def submit(
         raise RunFailed(str(watchdog_error[0]))
     if run_id is None:
         raise RunFailed(f"flwr run did not start a run (exit {proc.returncode}); see {log_path}")
-    status = wait_for_end(run_id, env, procs)
+    status = wait_for_end(run_id, env, procs, prefix_cmd=prefix_cmd)
     if status != "finished:completed":
         raise RunFailed(f"run {run_id} ended with status {status!r}; see {log_path}")
     return run_id
 
 
+def _flwr(prefix_cmd: list[str] | None) -> list[str]:
+    return [*prefix_cmd, "flwr"] if prefix_cmd else [flwr_bin("flwr")]
+
+
 def wait_for_end(run_id: int, env: dict[str, str], procs: ProcessGroup | None,
-                 poll: float = 2.0) -> str:
+                 poll: float = 2.0, prefix_cmd: list[str] | None = None) -> str:
     """The run's final status. The log stream can end before the run does (its client was
     killed, the connection dropped): then poll the SuperLink until the run is over."""
     while True:
-        status = run_status(run_id, env)
+        status = run_status(run_id, env, prefix_cmd)
         if status.startswith("finished") or status.startswith("unknown"):
             return status
         if procs is not None:
@@ -134,9 +142,9 @@ def wait_for_end(run_id: int, env: dict[str, str], procs: ProcessGroup | None,
         time.sleep(poll)
 
 
-def run_status(run_id: int, env: dict[str, str]) -> str:
+def run_status(run_id: int, env: dict[str, str], prefix_cmd: list[str] | None = None) -> str:
     out = subprocess.run(
-        [flwr_bin("flwr"), "ls", CONNECTION, "--run-id", str(run_id), "--format", "json"],
+        [*_flwr(prefix_cmd), "ls", CONNECTION, "--run-id", str(run_id), "--format", "json"],
         capture_output=True, text=True, env=env, timeout=60,
     )
     try:

@@ -5,6 +5,13 @@ share it), whose SAN must name every address a client dials: the SuperNodes' Fle
 operator's Control address, and 127.0.0.1, which the SuperLink's own SuperExec dials. Each
 SuperNode gets an EC key pair in OpenSSH format (Flower 1.39 reads only that); the SuperLink
 admits a node only once its public key is registered (``flwr supernode register``).
+
+One folder per holder, so that each mounts only what is its own (:func:`layout`)::
+
+    ca.crt, ca.key                 the operator's (ca.key is deleted where nothing else is signed)
+    superlink/                     ca.crt, server.pem, server.key: the SuperLink's alone
+    public/                        ca.crt, nodes/<name>.pub: for whoever registers or submits
+    nodes/<name>/                  ca.crt, <name> (private key), <name>.pub: that SuperNode's alone
 """
 
 from __future__ import annotations
@@ -36,7 +43,26 @@ class ServerCerts:
 
     @classmethod
     def in_folder(cls, folder: Path) -> "ServerCerts":
-        return cls(folder / "ca.crt", folder / "server.pem", folder / "server.key")
+        """The SuperLink's files in a certificates folder (its ``superlink/`` sub-folder)."""
+        own = folder / SUPERLINK_DIR
+        return cls(own / "ca.crt", own / "server.pem", own / "server.key")
+
+
+SUPERLINK_DIR, PUBLIC_DIR, NODES_DIR = "superlink", "public", "nodes"
+
+
+def node_dir(folder: Path, name: str) -> Path:
+    """A SuperNode's own folder: ``ca.crt``, its private key ``<name>`` and ``<name>.pub``."""
+    return folder / NODES_DIR / name
+
+
+def node_private_key(folder: Path, name: str) -> Path:
+    return node_dir(folder, name) / name
+
+
+def public_key(folder: Path, name: str) -> Path:
+    """A node's public key as the registering side sees it (``public/nodes/<name>.pub``)."""
+    return folder / PUBLIC_DIR / NODES_DIR / f"{name}.pub"
 
 
 def _name(common_name: str) -> x509.Name:
@@ -115,13 +141,15 @@ def _pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 
 def write_server_certs(folder: Path, sans: list[str]) -> ServerCerts:
-    """A fresh CA (``ca.crt``, ``ca.key``) and SuperLink certificate (``server.pem``,
-    ``server.key``) in ``folder``."""
+    """A fresh CA (``ca.crt``, ``ca.key`` in ``folder``; ``ca.crt`` also in ``public/``) and
+    SuperLink certificate (``superlink/``: ``ca.crt``, ``server.pem``, ``server.key``)."""
     paths = ServerCerts.in_folder(folder)
     ca_key, ca_cert = make_ca()
     key, cert = make_server_cert(ca_key, ca_cert, sans)
+    ca_pem = ca_cert.public_bytes(serialization.Encoding.PEM)
     _write(folder / "ca.key", _pem_key(ca_key), private=True)
-    _write(paths.ca, ca_cert.public_bytes(serialization.Encoding.PEM))
+    for ca in (folder / "ca.crt", folder / PUBLIC_DIR / "ca.crt", paths.ca):
+        _write(ca, ca_pem)
     _write(paths.key, _pem_key(key), private=True)
     _write(paths.cert, cert.public_bytes(serialization.Encoding.PEM))
     return paths

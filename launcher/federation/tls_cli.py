@@ -1,8 +1,12 @@
 """``flbackdoor-tls``: certificates and SuperNode keys for a federation outside loopback.
 
     flbackdoor-tls make certs --san 10.0.0.5 --san server.lan --node benign-0 --node malicious-1
-    flbackdoor-tls node-key certs/nodes/benign-0          # on a client machine: its own key pair
-    flbackdoor-tls register 10.0.0.5:9093 --ca certs/ca.crt certs/nodes/*.pub
+    flbackdoor-tls node-key keys/benign-0                 # on a client machine: its own key pair
+    flbackdoor-tls register 127.0.0.1:9093 --ca certs/public/ca.crt certs/public/nodes/*.pub
+
+``make`` writes one folder per holder (:mod:`launcher.federation.tls`): ``superlink/`` (the only
+place server.key is), ``nodes/<name>/`` (one SuperNode's key and ca.crt), ``public/`` (ca.crt and
+the public keys).
 
 ``register`` names each node after its key file (``benign-0.pub`` -> ``benign-0``); a key already
 registered counts as done, so it can run on every start.
@@ -11,6 +15,7 @@ registered counts as done, so it can run on every start.
 from __future__ import annotations
 
 import argparse
+import os
 import subprocess
 import sys
 import tempfile
@@ -18,7 +23,15 @@ import time
 from pathlib import Path
 
 from launcher.federation.submit import CONNECTION, flwr_bin, flwr_env, write_flwr_home
-from launcher.federation.tls import ServerCerts, write_node_key, write_server_certs
+from launcher.federation.tls import (
+    ServerCerts,
+    _write,
+    node_dir,
+    node_private_key,
+    public_key,
+    write_node_key,
+    write_server_certs,
+)
 
 
 class RegistrationFailed(RuntimeError):
@@ -26,9 +39,12 @@ class RegistrationFailed(RuntimeError):
 
 
 def make(folder: Path, sans: list[str], nodes: list[str], keep_existing: bool = False,
-         keep_ca_key: bool = True) -> list[str]:
+         keep_ca_key: bool = True, owner: str = "") -> list[str]:
     """CA + server certificate (unless ``keep_existing`` and they exist) and a key pair per node
-    name in ``folder/nodes``; returns what it wrote."""
+    name, each node's in its own ``folder/nodes/<name>/`` with a copy of ``ca.crt``, its public
+    key also in ``folder/public/nodes/``; returns what it wrote. ``owner`` (``uid:gid``): hand
+    every file and folder to that user (compose runs this step as root so that it can write the
+    per-holder volumes, then gives them to ``FLBACKDOOR_USER``)."""
     written = []
     server = ServerCerts.in_folder(folder)
     if not (keep_existing and server.cert.exists() and server.key.exists() and server.ca.exists()):
@@ -36,10 +52,19 @@ def make(folder: Path, sans: list[str], nodes: list[str], keep_existing: bool = 
         if not keep_ca_key:  # one-host setups (compose) never sign another certificate
             (folder / "ca.key").unlink()
         written += [str(server.ca), str(server.cert), str(server.key)]
+    ca = server.ca.read_bytes()
     for name in nodes:
-        key = folder / "nodes" / name
-        if not (keep_existing and key.exists() and key.with_name(name + ".pub").exists()):
-            written.append(str(write_node_key(key)))
+        key = node_private_key(folder, name)
+        pub = key.with_name(name + ".pub")
+        if not (keep_existing and key.exists() and pub.exists()):
+            write_node_key(key)
+            written.append(str(pub))
+        _write(node_dir(folder, name) / "ca.crt", ca)  # the CA of today's server certificate
+        _write(public_key(folder, name), pub.read_bytes())
+    if owner:
+        uid, gid = (int(v) for v in owner.split(":"))
+        for path in [folder, *folder.rglob("*")]:
+            os.chown(path, uid, gid)
     return written
 
 
@@ -74,6 +99,8 @@ def main(argv: list[str] | None = None) -> None:
     mk.add_argument("--keep-existing", action="store_true", help="keep files already there")
     mk.add_argument("--discard-ca-key", action="store_true",
                     help="do not keep ca.key (nothing else will ever be signed)")
+    mk.add_argument("--owner", default="", metavar="UID:GID",
+                    help="give every file and folder written to this user (run as root)")
     nk = sub.add_parser("node-key", help="one SuperNode key pair: PATH and PATH.pub")
     nk.add_argument("path", type=Path)
     rg = sub.add_parser("register", help="register SuperNode public keys with a SuperLink")
@@ -86,7 +113,7 @@ def main(argv: list[str] | None = None) -> None:
             if not args.san:
                 ap.error("make needs at least one --san: the address or name clients dial")
             for path in make(args.folder, args.san, args.node, args.keep_existing,
-                             not args.discard_ca_key):
+                             not args.discard_ca_key, args.owner):
                 print(f"wrote {path}")
         elif args.cmd == "node-key":
             print(f"wrote {args.path} and {write_node_key(args.path)}")
