@@ -23,7 +23,7 @@ from pathlib import Path
 from flbackdoor.config import ExperimentConfig
 from launcher.federation.commands import CONTROL_PORT, FLEET_PORT, node_name
 from launcher.federation.processes import ProcessFailed, free_port, port_open
-from launcher.federation.services import (CACHE, CERTS, DATA, RESULTS, SUPERLINK,
+from launcher.federation.services import (CACHE, CERTS, DATA, RESULTS, STATE, SUPERLINK,
                                             federation_services)
 from launcher.federation.submit import (RunFailed, flwr_env, submit, write_flwr_home,
                                           write_run_config)
@@ -39,6 +39,7 @@ class HostPaths:
     cache: str
     results: str
     certs: str = ""
+    state: str = ""  # the SuperLink's database folder (default: ``<results>/state``)
 
 
 def container_specs(roles: list[str], image: str, tls: bool, prefix: str, paths: HostPaths,
@@ -49,7 +50,8 @@ def container_specs(roles: list[str], image: str, tls: bool, prefix: str, paths:
     ``ports`` maps the SuperLink's container ports to free ports on ``host``; ``gpu`` gives
     every SuperNode all GPUs."""
     sources = {DATA: (paths.data, "rw"), CACHE: (paths.cache, "rw"),
-               RESULTS: (paths.results, "rw"), CERTS: (paths.certs, "ro")}
+               RESULTS: (paths.results, "rw"), CERTS: (paths.certs, "ro"),
+               STATE: (paths.state or f"{paths.results}/state", "rw")}
     specs = []
     for s in federation_services(roles, tls):
         spec = {
@@ -143,8 +145,10 @@ def run_docker(cfg: ExperimentConfig, run_dir: Path) -> int:
     certs = run_dir / "certs"
     if f.tls:
         make(certs, [SUPERLINK], names, keep_ca_key=False)
+    state = run_dir / "state"  # made here, so it is the user's and not the engine's (root)
+    state.mkdir(parents=True, exist_ok=True)
     paths = HostPaths(cfg.data.root, cfg.data.cache_dir, str(run_dir.resolve()),
-                      str(certs.resolve()))
+                      str(certs.resolve()), str(state.resolve()))
     ports = {FLEET_PORT: free_port(f.host), CONTROL_PORT: free_port(f.host)}
     prefix = f"flbackdoor-{os.getpid()}-{int(time.time())}"
     specs = container_specs(roles, f.image, f.tls, prefix, paths, ports, f.host,

@@ -4,7 +4,8 @@
 ``federation=docker`` (:mod:`launcher.federation.docker`) both start these services, so a
 container started from Python runs exactly the command, environment and ports of its compose
 service. Paths are the image's: certificates in ``/certs``, data in ``/data``, the partition cache
-in ``/cache``, results in ``/results``.
+in ``/cache``, results in ``/results``, the SuperLink's state database in ``/state`` (a volume:
+runs, node registrations and keys survive a restart of its container).
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ from launcher.federation.commands import (CONTROL_PORT, FLEET_PORT, FLOWER_ENV, 
 
 IMAGE = "flbackdoor:latest"
 SUPERLINK = "superlink"  # the SuperLink's host name on the containers' network
-CERTS, DATA, CACHE, RESULTS = "/certs", "/data", "/cache", "/results"
+CERTS, DATA, CACHE, RESULTS, STATE = "/certs", "/data", "/cache", "/results", "/state"
+STATE_DB = f"{STATE}/superlink.db"
 
 # Every container: Flower's process environment, the SuperExec polling as fast as in a local
 # federation (federation.superexec_poll_interval_s), Flower's and matplotlib's state in /tmp so
@@ -37,7 +39,7 @@ class Service:
     ports: tuple[int, ...] = ()  # container ports published to the host
     environment: dict[str, str] = field(default_factory=lambda: dict(ENV))
     gpu: bool = False  # runs ClientApps: the GPU belongs here
-    mounts: tuple[str, ...] = ()  # of CERTS, DATA, CACHE, RESULTS
+    mounts: tuple[str, ...] = ()  # of CERTS, DATA, CACHE, RESULTS, STATE
 
 
 def server_tls() -> Tls:
@@ -51,8 +53,8 @@ def node_key(partition_id: int, role: str) -> str:
 
 def superlink_service(tls: bool) -> Service:
     cmd = superlink_cmd(f"0.0.0.0:{FLEET_PORT}", "0.0.0.0", CONTROL_PORT,
-                        server_tls() if tls else None, node_auth=tls)
-    mounts = (CERTS, DATA, CACHE, RESULTS) if tls else (DATA, CACHE, RESULTS)
+                        server_tls() if tls else None, node_auth=tls, database=STATE_DB)
+    mounts = (CERTS, DATA, CACHE, RESULTS, STATE) if tls else (DATA, CACHE, RESULTS, STATE)
     return Service(SUPERLINK, cmd, ports=(FLEET_PORT, CONTROL_PORT), mounts=mounts)
 
 
