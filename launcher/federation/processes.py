@@ -143,12 +143,14 @@ def die_with_parent(sig: int) -> Callable[[], None]:
     """A ``preexec_fn``: the child gets ``sig`` when the thread that started it (the launcher's
     main thread) dies, however it died. Linux only; elsewhere a no-op."""
     parent = os.getpid()
+    if not sys.platform.startswith("linux"):
+        return lambda: None
+    # Looked up here, before the fork: the child (of a process that may have threads) only
+    # makes system calls, no dlopen.
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
 
     def preexec() -> None:
-        if not sys.platform.startswith("linux"):
-            return
-        libc = ctypes.CDLL(None, use_errno=True)
-        libc.prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
         if os.getppid() != parent:  # the parent died before prctl: the signal would never come
             os.kill(os.getpid(), sig)
 
