@@ -43,6 +43,8 @@ def test_a_sigkilled_launcher_takes_children_and_grandchildren_along(tmp_path):
             time.sleep(0.1)
         assert not [p for p in pids if _alive(p)]
     finally:
+        proc.kill()
+        proc.wait()
         for pid in pids:
             try:
                 os.kill(pid, signal.SIGKILL)
