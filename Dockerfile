@@ -27,10 +27,11 @@ ENV PYTHONUNBUFFERED=1 \
 # federation=docker run the containers as the calling user (FLBACKDOOR_USER, --user) so that
 # results are theirs: any uid can write these folders.
 RUN useradd --create-home --uid 1000 --shell /usr/sbin/nologin flwr \
-    && mkdir -p /app /data /results /cache /certs \
-    && chown flwr:flwr /data /results /cache /certs \
-    && chmod 1777 /results /cache /certs
-# Data in, results out; /cache (partition caches) and /certs are volumes in docker-compose.yml.
+    && mkdir -p /app /data /results /cache /certs /state \
+    && chown flwr:flwr /data /results /cache /certs /state \
+    && chmod 1777 /results /cache /certs /state
+# Data in, results out; /cache (partition caches), /certs and /state (the SuperLink's database)
+# are volumes in docker-compose.yml.
 VOLUME ["/data", "/results"]
 # 9092: Fleet API (SuperNodes dial it), 9093: Control API (flwr run, node registration).
 EXPOSE 9092 9093

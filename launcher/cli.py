@@ -114,6 +114,9 @@ def _hydra_main(dcfg: DictConfig) -> float | None:
     except (ConfigError, DataNotFoundError, RunFailed, ProcessFailed) as err:
         bad_config = isinstance(err, (ConfigError, DataNotFoundError))
         line = f"{'error' if bad_config else 'run failed'}: {err}"
+        folder = Path(dcfg.get("resume") or HydraConfig.get().runtime.output_dir)
+        if not bad_config and (folder / "checkpoint.pt").exists():
+            line += f"; `flbackdoor resume={folder}` continues it"
         print(f"flbackdoor: {line}", file=sys.stderr)
         if HydraConfig.get().mode == RunMode.MULTIRUN:
             raise JobFailed(line) from None
@@ -122,7 +125,8 @@ def _hydra_main(dcfg: DictConfig) -> float | None:
 
 
 def _terminate(signum: int, frame: object) -> None:
-    # SIGTERM (a job scheduler, `kill`) unwinds like Ctrl-C: every started process is stopped.
+    # SIGTERM (a job scheduler, `kill`) and SIGHUP (the terminal or SSH session closed) unwind
+    # like Ctrl-C: every started process is stopped, and the exit code is 128 + the signal.
     raise SystemExit(128 + signum)
 
 
@@ -147,7 +151,9 @@ def unknown_option(argv: list[str]) -> str | None:
 
 
 def main() -> None:
-    signal.signal(signal.SIGTERM, _terminate)
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        if signal.getsignal(sig) is not signal.SIG_IGN:  # `nohup flbackdoor ...` stays immune
+            signal.signal(sig, _terminate)
     problem = unknown_option(sys.argv[1:])
     if problem:
         print(f"flbackdoor: error: {problem}", file=sys.stderr)

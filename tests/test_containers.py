@@ -118,6 +118,11 @@ def test_compose_start_order_tls_and_node_auth(cpu_compose):
         assert f'partition-id={i} num-partitions=4 role="{role}"' in cmd[-1]
     assert "--enable-supernode-auth" in s["superlink"]["command"]
     assert "--insecure" not in str(s)
+    # The SuperLink's state (runs, registered keys) in a database on a named volume: it survives
+    # a restart of the container.
+    db = s["superlink"]["command"][s["superlink"]["command"].index("--database") + 1]
+    assert db == "/state/superlink.db"
+    assert [v for v in s["superlink"]["volumes"] if v.split(":")[1:2] == ["/state"]]
     assert set(s["runner"]["depends_on"]) == {f"supernode-{i}" for i in range(4)}
     # The server certificate names the host the containers dial.
     make_cmd = s["certs"]["command"]
@@ -184,6 +189,7 @@ def test_docker_launcher_specs_match_the_compose_services(gpu_compose, tmp_path)
         assert spec["networking_config"] == {"fbk-test": {"Aliases": [spec["hostname"]]}}
     assert specs[0]["ports"] == {"9092/tcp": ("127.0.0.1", 40001)}  # the Fleet API only
     assert specs[0]["volumes"][paths.results] == {"bind": "/results", "mode": "rw"}
+    assert specs[0]["volumes"][f"{paths.results}/state"] == {"bind": "/state", "mode": "rw"}
     cpu = container_specs(ROLES, IMAGE, True, "fbk-test", paths, {9092: 1})
     assert not any("device_requests" in s or "user" in s for s in cpu)
 
@@ -354,7 +360,7 @@ def test_each_container_holds_only_its_own_keys(cpu_compose, tmp_path):
     cmd = s["certs"]["command"]
     assert s["certs"]["user"] == "0:0" and "--discard-ca-key" in cmd
     assert cmd[cmd.index("--owner") + 1] == "1000:1000"  # FLBACKDOOR_USER's default
-    assert set(cpu_compose["volumes"]) == {"cache", "certs-superlink", "certs-public",
+    assert set(cpu_compose["volumes"]) == {"cache", "state", "certs-superlink", "certs-public",
                                            *[f"certs-{n}" for n in names]}
 
     # The folders those volumes hold, as `certs` writes them.

@@ -35,9 +35,12 @@ class Tls:
 
 
 def superlink_cmd(fleet_address: str, host: str, port: int, tls: Tls | None = None,
-                  node_auth: bool = False, simulation: bool = False) -> list[str]:
+                  node_auth: bool = False, simulation: bool = False,
+                  database: str = "") -> list[str]:
     """``tls=None``: plaintext (loopback or a trusted network only). ``node_auth``: admit only
-    SuperNodes whose public key was registered; Flower requires TLS for it."""
+    SuperNodes whose public key was registered; Flower requires TLS for it. ``database``: the
+    SuperLink's state (runs, their status, nodes, registered keys) in this SQLite file, so it
+    outlives the process; empty: in memory only."""
     if node_auth and tls is None:
         raise ValueError("SuperNode authentication needs TLS")
     security = ["--insecure"] if tls is None else [
@@ -47,6 +50,8 @@ def superlink_cmd(fleet_address: str, host: str, port: int, tls: Tls | None = No
            "--fleet-api-address", fleet_address, "--host", host, "--port", str(port)]
     if node_auth:
         cmd.append("--enable-supernode-auth")
+    if database:
+        cmd += ["--database", database]
     return cmd + (["--simulation"] if simulation else [])
 
 

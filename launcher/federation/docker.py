@@ -30,7 +30,7 @@ from flbackdoor.config import ExperimentConfig
 from launcher.federation.commands import FLEET_PORT, node_name
 from launcher.federation.processes import ProcessFailed, free_port
 from launcher.federation.services import (CACHE, CERTS, CONTROL, DATA, READY_CMD, RESULTS,
-                                            SUPERLINK, Service, federation_services,
+                                            STATE, SUPERLINK, Service, federation_services,
                                             register_service)
 from launcher.federation.submit import (RunFailed, flwr_env, submit, write_flwr_home,
                                           write_run_config)
@@ -48,11 +48,13 @@ class HostPaths:
     cache: str
     results: str
     certs: str = ""  # the folder `flbackdoor-tls make` wrote; each container mounts one sub-folder
+    state: str = ""  # the SuperLink's database folder (default: ``<results>/state``)
 
 
 def _spec(s: Service, image: str, prefix: str, paths: HostPaths, ports: dict[int, int],
           host: str, user: str, gpu: bool) -> dict:
-    sources = {DATA: paths.data, CACHE: paths.cache, RESULTS: paths.results}
+    sources = {DATA: paths.data, CACHE: paths.cache, RESULTS: paths.results,
+               STATE: paths.state or f"{paths.results}/state"}
     volumes = {sources[m]: {"bind": m, "mode": "rw"} for m in s.mounts}
     if s.certs:
         volumes[str(Path(paths.certs) / s.certs)] = {"bind": CERTS, "mode": "ro"}
@@ -182,8 +184,10 @@ def run_docker(cfg: ExperimentConfig, run_dir: Path) -> int:
     certs = run_dir / "certs"
     if f.tls:
         make(certs, [SUPERLINK], names, keep_ca_key=False)
+    state = run_dir / "state"  # made here, so it is the user's and not the engine's (root)
+    state.mkdir(parents=True, exist_ok=True)
     paths = HostPaths(cfg.data.root, cfg.data.cache_dir, str(run_dir.resolve()),
-                      str(certs.resolve()))
+                      str(certs.resolve()), str(state.resolve()))
     ports = {FLEET_PORT: free_port(f.host)}
     prefix = f"flbackdoor-{os.getpid()}-{int(time.time())}"
     user = f"{os.getuid()}:{os.getgid()}"

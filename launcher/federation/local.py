@@ -21,9 +21,14 @@ def node_roles(cfg: ExperimentConfig) -> list[str]:
     return [roles.role(p) for p in range(cfg.num_clients)]
 
 
-def superlink_cmd(host: str, fleet_port: int, http_port: int, simulation: bool = False) -> list[str]:
+STATE_DB = "superlink.db"  # the SuperLink's state, in the run folder
+
+
+def superlink_cmd(host: str, fleet_port: int, http_port: int, simulation: bool = False,
+                  database: str = "") -> list[str]:
     """Plaintext: every process of a local federation talks over loopback."""
-    cmd = commands.superlink_cmd(f"{host}:{fleet_port}", host, http_port, simulation=simulation)
+    cmd = commands.superlink_cmd(f"{host}:{fleet_port}", host, http_port, simulation=simulation,
+                                 database=database)
     return [flwr_bin(cmd[0]), *cmd[1:]]
 
 
@@ -41,7 +46,8 @@ def run_local(cfg: ExperimentConfig, run_dir: Path) -> int:
     env = flwr_env(home, {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": str(f.superexec_poll_interval_s)})
     run_config = write_run_config(cfg, run_dir, run_dir)
     with ProcessGroup(run_dir / "logs", env) as procs:
-        procs.start("superlink", superlink_cmd(f.host, fleet, http))
+        procs.start("superlink", superlink_cmd(f.host, fleet, http,
+                                               database=str(run_dir.resolve() / STATE_DB)))
         procs.wait_for(lambda: port_open(f.host, http) and port_open(f.host, fleet),
                        f.startup_timeout_s, "SuperLink")
         for pid, role in enumerate(node_roles(cfg)):

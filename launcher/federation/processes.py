@@ -1,23 +1,35 @@
 """Processes we start and must stop, with everything they spawned.
 
 Each starts in its own session; Flower detaches some children into sessions of their own (the
-SuperExec), so stopping also walks /proc for every descendant before signalling."""
+SuperExec), so stopping also walks /proc for every descendant before signalling.
+
+A launcher that cannot stop them (SIGKILL, the OOM killer) still takes them along: each gets
+SIGTERM when the launcher dies (Linux's parent-death signal), Flower's own children exit when
+their parent does, and a small reaper process (:mod:`launcher.federation.reaper`) stops
+whatever still carries the group's environment marker."""
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
 import logging
 import os
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 
 log = logging.getLogger("flbackdoor")
+
+PR_SET_PDEATHSIG = 1  # linux/prctl.h
+MARKER_VAR = "FLBACKDOOR_FEDERATION"  # every process of a group has it (reaper.py reads it)
+REAPER = Path(__file__).with_name("reaper.py")
 
 
 class ProcessFailed(RuntimeError):
@@ -41,18 +53,23 @@ class ProcessGroup:
 
     def __init__(self, log_dir: Path, env: dict[str, str]) -> None:
         self.log_dir = log_dir
-        self.env = env
+        self.token = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
+        self.env = {**env, MARKER_VAR: self.token}
         self.procs: dict[str, subprocess.Popen] = {}
         self.optional: set[str] = set()
         self.reported: set[str] = set()
+        self.reaper: subprocess.Popen | None = None
         log_dir.mkdir(parents=True, exist_ok=True)
 
     def start(self, name: str, cmd: list[str], critical: bool = True) -> subprocess.Popen:
         """``critical=False``: the run survives this process's death (a SuperNode: the server
         goes on without its replies); its exit is only logged."""
+        if self.reaper is None:
+            self.reaper = start_reaper(self.token)
         log = (self.log_dir / f"{name}.log").open("ab")
         proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                stdin=subprocess.DEVNULL, start_new_session=True)
+                                stdin=subprocess.DEVNULL, start_new_session=True,
+                                preexec_fn=die_with_parent(signal.SIGTERM))
         log.close()
         self.procs[name] = proc
         if not critical:
@@ -63,7 +80,7 @@ class ProcessGroup:
         for name, proc in self.procs.items():
             if proc.poll() is None:
                 continue
-            where = f"{name} exited with code {proc.returncode}; see {self.log_dir / name}.log"
+            where = f"{name} {_ended(proc.returncode)}; see {self.log_dir / name}.log"
             if name not in self.optional:
                 raise ProcessFailed(where)
             if name not in self.reported:
@@ -83,6 +100,20 @@ class ProcessGroup:
         SIGTERM while stopping must not cut the cleanup short, so both are ignored meanwhile."""
         with _signals_ignored():
             self._stop(grace)
+            self._stop_reaper(grace)
+
+    def _stop_reaper(self, grace: float) -> None:
+        """Close its pipe: it sweeps up anything still marked (normally nothing) and exits."""
+        if self.reaper is None:
+            return
+        reaper, self.reaper = self.reaper, None
+        assert reaper.stdin is not None
+        reaper.stdin.close()
+        try:
+            reaper.wait(grace + 5)
+        except subprocess.TimeoutExpired:
+            reaper.kill()
+            reaper.wait()
 
     def _stop(self, grace: float) -> None:
         family = descendants([p.pid for p in self.procs.values()])
@@ -108,17 +139,54 @@ class ProcessGroup:
         self.stop()
 
 
+def die_with_parent(sig: int) -> Callable[[], None]:
+    """A ``preexec_fn``: the child gets ``sig`` when the thread that started it (the launcher's
+    main thread) dies, however it died. Linux only; elsewhere a no-op."""
+    parent = os.getpid()
+    if not sys.platform.startswith("linux"):
+        return lambda: None
+    # Looked up here, before the fork: the child (of a process that may have threads) only
+    # makes system calls, no dlopen.
+    prctl = ctypes.CDLL(None, use_errno=True).prctl
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        if os.getppid() != parent:  # the parent died before prctl: the signal would never come
+            os.kill(os.getpid(), sig)
+
+    return preexec
+
+
+def start_reaper(token: str, grace: float = 5.0) -> subprocess.Popen:
+    """The reaper (``reaper.py``): its own session, so a terminal's Ctrl-C reaches the launcher
+    only; it waits for end of file on the pipe whose write end only this process holds."""
+    # -I: stdlib only, and not this folder first on sys.path (its docker.py, tls.py, ...).
+    return subprocess.Popen([sys.executable, "-I", str(REAPER), token, str(grace)],
+                            stdin=subprocess.PIPE, stdout=subprocess.DEVNULL,
+                            start_new_session=True)
+
+
 @contextlib.contextmanager
 def _signals_ignored():
     if threading.current_thread() is not threading.main_thread():
         yield
         return
-    old = {sig: signal.signal(sig, signal.SIG_IGN) for sig in (signal.SIGINT, signal.SIGTERM)}
+    old = {sig: signal.signal(sig, signal.SIG_IGN)
+           for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     try:
         yield
     finally:
         for sig, handler in old.items():
             signal.signal(sig, handler)
+
+
+def _ended(code: int) -> str:
+    if code < 0:
+        try:
+            return f"was killed by {signal.Signals(-code).name}"
+        except ValueError:
+            return f"was killed by signal {-code}"
+    return f"exited with code {code}"
 
 
 def _signal_group(proc: subprocess.Popen, sig: int) -> None:

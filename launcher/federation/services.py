@@ -4,7 +4,8 @@
 ``federation=docker`` (:mod:`launcher.federation.docker`) both start these services, so a
 container started from Python runs exactly the command, environment and ports of its compose
 service. Paths are the image's: certificates in ``/certs``, data in ``/data``, the partition cache
-in ``/cache``, results in ``/results``.
+in ``/cache``, results in ``/results``, the SuperLink's state database in ``/state`` (a volume:
+runs, node registrations and keys survive a restart of its container).
 
 What each container holds (``flbackdoor-tls make`` writes one folder per holder, mounted read-only
 at ``/certs``): the SuperLink its ``superlink/`` folder (ca.crt, server.pem, server.key), each
@@ -29,7 +30,8 @@ from launcher.federation.tls import NODES_DIR, PUBLIC_DIR, SUPERLINK_DIR
 
 IMAGE = "flbackdoor:latest"
 SUPERLINK = "superlink"  # the SuperLink's host name on the containers' network
-CERTS, DATA, CACHE, RESULTS = "/certs", "/data", "/cache", "/results"
+CERTS, DATA, CACHE, RESULTS, STATE = "/certs", "/data", "/cache", "/results", "/state"
+STATE_DB = f"{STATE}/superlink.db"
 
 # Every container: Flower's process environment, the SuperExec polling as fast as in a local
 # federation (federation.superexec_poll_interval_s), Flower's and matplotlib's state in /tmp so
@@ -49,7 +51,7 @@ class Service:
     ports: tuple[int, ...] = ()  # container ports published to the host
     environment: dict[str, str] = field(default_factory=lambda: dict(ENV))
     gpu: bool = False  # runs ClientApps: the GPU belongs here
-    mounts: tuple[str, ...] = ()  # of DATA, CACHE, RESULTS
+    mounts: tuple[str, ...] = ()  # of DATA, CACHE, RESULTS, STATE
     certs: str = ""  # the certificates sub-folder mounted read-only at CERTS ("": none)
     joins: str = ""  # another service whose network namespace this one shares (its loopback)
 
@@ -78,8 +80,8 @@ def node_key(partition_id: int, role: str) -> str:
 def superlink_service(tls: bool) -> Service:
     # Control + Runtime API on loopback; only the Fleet API listens on the network.
     cmd = superlink_cmd(f"0.0.0.0:{FLEET_PORT}", "127.0.0.1", CONTROL_PORT,
-                        server_tls() if tls else None, node_auth=tls)
-    return Service(SUPERLINK, cmd, ports=(FLEET_PORT,), mounts=(DATA, CACHE, RESULTS),
+                        server_tls() if tls else None, node_auth=tls, database=STATE_DB)
+    return Service(SUPERLINK, cmd, ports=(FLEET_PORT,), mounts=(DATA, CACHE, RESULTS, STATE),
                    certs=SUPERLINK_CERTS if tls else "")
 
 

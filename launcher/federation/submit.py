@@ -10,6 +10,7 @@ import json
 import os
 import re
 import shutil
+import signal
 import subprocess
 import sys
 import threading
@@ -20,7 +21,7 @@ import tomli_w
 
 from flbackdoor.config import ExperimentConfig, to_json
 from launcher.federation.commands import FLOWER_ENV
-from launcher.federation.processes import ProcessFailed, ProcessGroup
+from launcher.federation.processes import ProcessFailed, ProcessGroup, die_with_parent
 
 APP_DIR = Path(__file__).resolve().parents[2]  # the repo: pyproject.toml with [tool.flwr.app]
 CONNECTION = "flbackdoor"
@@ -85,7 +86,8 @@ def submit(
     run_id: int | None = None
     with log_path.open("w") as log:
         proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
-                                env=env, stdin=subprocess.DEVNULL, start_new_session=True)
+                                env=env, stdin=subprocess.DEVNULL, start_new_session=True,
+                                preexec_fn=die_with_parent(signal.SIGTERM))
         watchdog_error: list[Exception] = []
         done = threading.Event()
 
