@@ -103,6 +103,9 @@ def test_supernodes_killed_mid_round_cost_only_their_replies(tmp_path, cache_dir
         for p in restarted:
             os.killpg(p.pid, signal.SIGKILL)
     rows = read_metrics(tmp_path / "metrics.jsonl")
+    for r in rows:  # docs/RELIABILITY.md quotes these (pytest -s)
+        print(f"| {r['round']} | {r['main_accuracy']:.3f} | {r['num_clients']} / "
+              f"{r['num_sampled']} | {r['missing_nodes']} | {r['round_time_s']:.1f} s |")
     assert killed_in == [2, 3, 4]
     assert [r["round"] for r in rows] == [1, 2, 3, 4]
     assert sum(r["missing_nodes"] for r in rows) == 3, rows
@@ -136,6 +139,9 @@ def test_resume_after_a_kill_reproduces_the_uninterrupted_run(tmp_path, cache_di
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     a, b = read_metrics(tmp_path / "full" / "metrics.jsonl"), read_metrics(run / "metrics.jsonl")
     assert [r["round"] for r in b] == [1, 2, 3, 4, 5], "no round missing or written twice"
+    for ra, rb in zip(a, b):  # docs/RELIABILITY.md quotes these (pytest -s)
+        print(f"| {ra['round']} | {ra['main_accuracy']:.4f}, {ra['main_loss']:.6f} | "
+              f"{rb['main_accuracy']:.4f}, {rb['main_loss']:.6f} |")
     for key in ("main_accuracy", "main_loss", "num_clients"):
         assert [r[key] for r in a] == [r[key] for r in b], key
     summary = json.loads((run / "summary.json").read_text())
