@@ -8,7 +8,7 @@ Hydra option name, and one YAML in ``conf/attack/`` (docs/EXTENDING.md).
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import ClassVar
 
@@ -49,6 +49,11 @@ class AttackConfig:
 
     # Whether the attack plants a backdoor task (D_mal, measured as backdoor accuracy).
     backdoor: ClassVar[bool] = True
+    # What the testbed's side channel hands the round's attackers besides the boost hints
+    # (server/rounds.py): the round's benign updates (omniscient attacks: their train messages go
+    # out once the benign replies are in) and the last global update w_t - w_{t-1}.
+    omniscient: ClassVar[bool] = False
+    reads_global_update: ClassVar[bool] = False
 
     def check(self, cfg: ExperimentConfig) -> None:
         """Raise ConfigError on a value this attack cannot run with."""
@@ -90,6 +95,10 @@ class TrainJob:
     device: torch.device
     generator: torch.Generator
     honest: Callable[[], tuple[StateDict, TrainResult]]  # what a benign node would send
+    # The side channel's arrays (AttackConfig.omniscient, .reads_global_update): the round's
+    # benign updates w_k - w_t, and w_t - w_{t-1} (None in the first round or after a resume).
+    benign_updates: list[StateDict] = field(default_factory=list)
+    global_update: StateDict | None = None
 
 
 @dataclass

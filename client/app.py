@@ -74,7 +74,7 @@ def train(msg: Message, context: Context) -> Message:
 
     if node.role == "malicious":
         reply = _attack_reply(cfg, node.partition_id, server_round, model, global_state, local,
-                              dict(config), device, generator, honest)
+                              msg.content, device, generator, honest)
         if reply.content is not None:
             return Message(reply.content, reply_to=msg)
         arrays, n, loss = reply.arrays, reply.num_examples, reply.loss
@@ -86,12 +86,19 @@ def train(msg: Message, context: Context) -> Message:
     return Message(RecordDict({P.ARRAYS: arrays, P.METRICS: metrics}), reply_to=msg)
 
 
-def _attack_reply(cfg, partition_id, server_round, model, global_state, local, hints, device,
+def _attack_reply(cfg, partition_id, server_round, model, global_state, local, content, device,
                   generator, honest):
-    """The malicious path: the attack's code is imported only on malicious nodes."""
+    """The malicious path: the attack's code is imported only on malicious nodes. ``content``
+    is the train message's, with the side channel's hints and arrays (server/rounds.py)."""
     from attacker.base import TrainJob
     from flbackdoor.data.cache import prepare
 
-    job = TrainJob(cfg, partition_id, server_round, model, global_state, local, hints,
-                   prepare(cfg), device, generator, honest)
+    arrays = content.array_records
+    benign = sorted((k for k in arrays if k.startswith(P.ATTACK_BENIGN_UPDATE)),
+                    key=lambda k: int(k[len(P.ATTACK_BENIGN_UPDATE):]))
+    global_update = arrays.get(P.ATTACK_GLOBAL_UPDATE)
+    job = TrainJob(cfg, partition_id, server_round, model, global_state, local,
+                   dict(content[P.CONFIG]), prepare(cfg), device, generator, honest,
+                   [arrays[k].to_torch_state_dict() for k in benign],
+                   None if global_update is None else global_update.to_torch_state_dict())
     return ATTACKS[cfg.attack.name](cfg).reply(job)

@@ -32,6 +32,11 @@ ROLE = "role"
 # The colluding attackers' side channel in a train message's config (server -> attackers).
 ATTACK_ROUND_EXAMPLES = "attack-round-examples"
 ATTACK_NUM_ATTACKERS = "attack-num-attackers"
+# ... and, for the attacks that read them, array records in the message: the last global update
+# w_t - w_{t-1} (Neurotoxin), and the round's benign updates w_k - w_t, one record each, keys
+# ``attack-benign-0``, ``attack-benign-1``, ... (the omniscient untargeted attacks).
+ATTACK_GLOBAL_UPDATE = "attack-global-update"
+ATTACK_BENIGN_UPDATE = "attack-benign-"
 
 # Client-side ABL's isolation report in a train reply's metrics.
 ISOLATED_COUNT = "isolated_count"

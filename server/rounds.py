@@ -36,19 +36,27 @@ def train_messages(rnd: int, arrays: ArrayRecord, node_ids: list[int]) -> list[M
     return [Message(record, dst_node_id=n, message_type=P.TRAIN) for n in node_ids]
 
 
-def with_attacker_hints(messages: list[Message], attackers: set[int], hints: dict) -> list[Message]:
+def with_attacker_hints(messages: list[Message], attackers: set[int], hints: dict,
+                        arrays: dict[str, ArrayRecord] | None = None) -> list[Message]:
     """The testbed plays the colluding attackers' side channel: the malicious nodes of a round
     learn the round's total example count and how many of them were sampled (Sun et al.'s
-    boost needs both). Benign nodes' messages are left untouched."""
+    boost needs both), and get the ``arrays`` their attack reads (the last global update, the
+    round's benign updates). Benign nodes' messages are left untouched."""
     out = []
     for msg in messages:
         if msg.metadata.dst_node_id in attackers:
-            content = RecordDict(dict(msg.content.items()))
+            content = RecordDict({**dict(msg.content.items()), **(arrays or {})})
             content[P.CONFIG] = ConfigRecord({**msg.content[P.CONFIG], **hints})
             msg = Message(content, dst_node_id=msg.metadata.dst_node_id,
                           message_type=msg.metadata.message_type)
         out.append(msg)
     return out
+
+
+def benign_update_records(deltas: list[dict]) -> dict[str, ArrayRecord]:
+    """The round's benign updates as the side channel's array records, in partition order."""
+    return {f"{P.ATTACK_BENIGN_UPDATE}{i}": ArrayRecord({k: v.float() for k, v in d.items()})
+            for i, d in enumerate(deltas)}
 
 
 def keep_server_buffers(state: dict, global_state: dict) -> dict:
@@ -103,12 +111,32 @@ class RoundRunner:
         self.window = wave_window(cfg)
         # Rows score the defense as a detector only where there are attackers to detect.
         self.scores_detection = cfg.attack.num_malicious > 0
+        # w_t - w_{t-1}, for attacks that read it (not kept in checkpoints: after a resume the
+        # first round's attackers get none).
+        self.global_update: dict | None = None
 
     def send(self, messages: list) -> Wave:
         """One wave to the nodes: the round's training, or a defense's queries."""
         s = self.cfg.server
         return send_and_collect(self.grid, messages, s.round_timeout_s, s.poll_interval_s,
                                 self.window)
+
+    def _validated(self, rnd: int, wave: Wave, expected) -> tuple[list, list[dict]]:
+        """The wave's replies that pass validation as (partition, message), and the rejected
+        ones with their reasons; silent nodes are marked."""
+        s, nodes = self.cfg.server, self.members.nodes
+        self.members.mark_silent(wave.missing)
+        replies, rejected = [], []
+        for msg in wave.ok:
+            part = self.members.partition_of(msg.metadata.src_node_id)
+            bound = nodes[part].num_examples if s.num_examples == "known" else None
+            reason = check_reply(msg.content, expected, bound)
+            if reason is None:
+                replies.append((part, msg))
+            else:
+                rejected.append({"partition": part, "reason": reason})
+                log(WARNING, "round %d: update of partition %s rejected: %s", rnd, part, reason)
+        return replies, rejected
 
     def _plan(self, rnd: int, attacks_on: bool) -> tuple[list[int], list[int]]:
         """This round's partitions among the live nodes, and the live malicious partitions."""
@@ -133,31 +161,42 @@ class RoundRunner:
         if not plan:
             log(WARNING, "round %d: no live node to train with", rnd)
         attackers = [p for p in plan if p in malicious]
+        attacker_ids = {nodes[p].node_id for p in attackers}
         messages = train_messages(rnd, arrays, [nodes[p].node_id for p in plan])
-        if attackers:
+        global_state = arrays.to_torch_state_dict()
+        expected = expected_from(arrays, s.max_examples, s.max_update_bytes, s.max_update_norm)
+        sent = time.monotonic()
+        if not attackers:
+            wave = self.send(messages)
+            replies, rejected = self._validated(rnd, wave, expected)
+        else:
             log(INFO, "round %d: malicious partitions sampled: %s", rnd, attackers)
             hints = {P.ATTACK_ROUND_EXAMPLES: sum(nodes[p].num_examples for p in plan),
                      P.ATTACK_NUM_ATTACKERS: len(attackers)}
-            messages = with_attacker_hints(messages, {nodes[p].node_id for p in attackers}, hints)
-        sent = time.monotonic()
-        wave = self.send(messages)
-        wave_time = time.monotonic() - sent
-        self.members.mark_silent(wave.missing)
-        expected = expected_from(arrays, s.max_examples, s.max_update_bytes, s.max_update_norm)
-        replies, rejected = [], []
-        for msg in wave.ok:
-            part = self.members.partition_of(msg.metadata.src_node_id)
-            bound = nodes[part].num_examples if s.num_examples == "known" else None
-            reason = check_reply(msg.content, expected, bound)
-            if reason is None:
-                replies.append((part, msg))
+            records = {}
+            if self.cfg.attack.reads_global_update and self.global_update is not None:
+                records[P.ATTACK_GLOBAL_UPDATE] = ArrayRecord(self.global_update)
+            if self.cfg.attack.omniscient:
+                # The benign nodes train first; their validated updates go to the attackers.
+                wave = self.send([m for m in messages
+                                  if m.metadata.dst_node_id not in attacker_ids])
+                replies, rejected = self._validated(rnd, wave, expected)
+                records.update(benign_update_records(
+                    [difference(reply_arrays(m).to_torch_state_dict(), global_state)
+                     for _, m in sorted(replies, key=lambda pm: pm[0])]))
+                rest = [m for m in messages if m.metadata.dst_node_id in attacker_ids]
+                second = self.send(with_attacker_hints(rest, attacker_ids, hints, records))
+                more, refused = self._validated(rnd, second, expected)
+                replies, rejected = replies + more, rejected + refused
+                wave = Wave(wave.replies + second.replies, wave.missing + second.missing,
+                            {**wave.errors, **second.errors})
             else:
-                rejected.append({"partition": part, "reason": reason})
-                log(WARNING, "round %d: update of partition %s rejected: %s", rnd, part, reason)
+                wave = self.send(with_attacker_hints(messages, attacker_ids, hints, records))
+                replies, rejected = self._validated(rnd, wave, expected)
+        wave_time = time.monotonic() - sent
         # Partition order, so the float sums do not depend on which reply came first.
         replies.sort(key=lambda pm: pm[0])
         partitions = [p for p, _ in replies]
-        global_state = arrays.to_torch_state_dict()
         deltas = [difference(reply_arrays(m).to_torch_state_dict(), global_state)
                   for _, m in replies]
         metrics = [reply_metrics(m) for _, m in replies]
@@ -174,8 +213,9 @@ class RoundRunner:
             log(INFO, "round %d: %d replies < server.min_replies=%d, model kept",
                 rnd, len(replies), s.min_replies)
         if outcome is not None and outcome.delta is not None:
-            new_state = add(global_state, outcome.delta, s.lr)
-            arrays = ArrayRecord(keep_server_buffers(new_state, global_state))
+            new_state = keep_server_buffers(add(global_state, outcome.delta, s.lr), global_state)
+            arrays = ArrayRecord(new_state)
+            self.global_update = difference(new_state, global_state)
         row = {
             "round": rnd,
             "phase": phase,

@@ -171,3 +171,57 @@ def test_a_short_identify_wave_names_the_missing_partitions(caplog):
         found = identify(grid, 3, 0.5, 0.01)
     assert sorted(found) == [0, 2]
     assert "no node for partitions [1] after 0s" in caplog.text
+
+
+def test_the_side_channel_hands_attackers_the_benign_updates_and_the_last_global_update():
+    """An omniscient attack's attackers are asked after the benign replies are in and get those
+    (validated) updates; an attack that reads the global update gets w_t - w_{t-1}; benign
+    nodes get neither."""
+    cfg = validate(ExperimentConfig(
+        num_clients=4, clients_per_round=4,
+        attack={"name": "boosted", "num_malicious": 1, "schedule": "random"}))
+    cfg.server.round_timeout_s, cfg.server.poll_interval_s = 1.0, 0.01
+    type(cfg.attack).omniscient = True  # restored below: the class is shared
+    type(cfg.attack).reads_global_update = True
+    try:
+        nodes = {p: Node(100 + p, p, "malicious" if p == 3 else "benign", 10) for p in range(4)}
+        benign = {0: [1.0, 0.0], 1: [0.0, 1.0], 2: [float("nan"), 0.0]}
+        seen = {}  # partition -> (order asked, array record names)
+
+        def respond(node_id, msg):
+            p = node_id - 100
+            seen[p] = (len(seen), sorted(msg.content.array_records))
+            if p == 3:
+                got = [msg.content[k].to_torch_state_dict()["x"]
+                       for k in seen[p][1] if k.startswith(P.ATTACK_BENIGN_UPDATE)]
+                x = -0.5 * sum(got)  # IPM-like: minus half the benign sum
+                seen["benign"] = got
+                if P.ATTACK_GLOBAL_UPDATE in msg.content:
+                    seen["global"] = msg.content[P.ATTACK_GLOBAL_UPDATE].to_torch_state_dict()
+            else:
+                x = torch.tensor(benign[p])
+            return RecordDict({P.ARRAYS: ArrayRecord({"x": x}), P.METRICS: MetricRecord(
+                {P.NUM_EXAMPLES: 10, P.TRAIN_LOSS: 0.0})})
+
+        grid = FakeGrid([n.node_id for n in nodes.values()], respond)
+        members = Membership(grid, dict(nodes), 4, 1.0, 0.01)
+        evaluate = lambda state: {"main_accuracy": 0.0, "main_loss": 0.0}  # noqa: E731
+        runner = RoundRunner(grid, cfg, members, evaluate)
+        arrays, row = runner.run(1, ArrayRecord({"x": torch.zeros(2)}), build_defense(cfg))
+        assert seen[3][0] == 3, "the attacker is asked last"
+        assert [p for p in range(3) if len(seen[p][1]) != 1] == [], "benign nodes get no extras"
+        # Partition 2's NaN reply was rejected: only the validated benign updates are handed on.
+        assert [t.tolist() for t in seen["benign"]] == [[1.0, 0.0], [0.0, 1.0]]
+        assert f"{P.ATTACK_BENIGN_UPDATE}2" not in seen[3][1] and "global" not in seen
+        assert row["num_malicious"] == 1 and [r["partition"] for r in row["rejected_updates"]] == [2]
+        w1 = arrays.to_torch_state_dict()["x"]
+        assert torch.allclose(w1, torch.full((2,), 0.5 / 3))  # FedAvg of [1,0], [0,1], -[.5,.5]
+
+        seen.clear()
+        benign[2] = [3.0, 3.0]
+        arrays2, _ = runner.run(2, arrays, build_defense(cfg))
+        assert torch.equal(seen["global"]["x"], w1 - torch.zeros(2))
+        assert len(seen["benign"]) == 3 and f"{P.ATTACK_BENIGN_UPDATE}2" in seen[3][1]
+    finally:
+        type(cfg.attack).omniscient = False
+        type(cfg.attack).reads_global_update = False
