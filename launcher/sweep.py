@@ -43,6 +43,27 @@ def finished_run(run_dir: Path, config: dict) -> dict | None:
     return summary if same_experiment(summary.get("config", {}), config) else None
 
 
+# Blocks of summary.json that are not figures of the run.
+_NOT_FIGURES = ("config", "roles")
+
+
+def summary_figures(summary: dict, prefix: str = "") -> dict[str, float]:
+    """Every number of a run's ``summary.json``, flattened with ``_`` (``final_main_accuracy``,
+    ``mean_backdoor_accuracy``, ``detection_recall``, ``pretrain_main_accuracy``,
+    ``phases_prune_backdoor_accuracy``, ...); flags, strings and lists are not figures."""
+    out: dict[str, float] = {}
+    for key, value in summary.items():
+        if not prefix and key in _NOT_FIGURES:
+            continue
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(summary_figures(value, f"{name}_"))
+        elif isinstance(value, (int, float)) and not isinstance(value, bool) \
+                and name != "final_round":
+            out[name] = value
+    return out
+
+
 def job_dirs(sweep_dir: Path) -> list[Path]:
     """A sweep's job folders: Hydra's numbered ones, or the name-based ones of a preset's
     ``hydra.sweep.subdir`` (``<defense>/<attack>``), any depth; in job order where numbered."""
@@ -66,11 +87,9 @@ def sweep_rows(sweep_dir: Path) -> list[dict[str, Any]]:
         summary_file = folder / "summary.json"
         if summary_file.exists():
             summary = json.loads(summary_file.read_text())
-            row.update(status="done", rounds=summary.get("rounds"),
-                       wall_time_s=round(summary.get("wall_time_s", 0.0), 2))
-            for key, value in summary.get("final", {}).items():
-                if isinstance(value, (int, float)) and key != "round":
-                    row[f"final_{key}"] = value
+            figures = summary_figures(summary)
+            figures["wall_time_s"] = round(figures.get("wall_time_s", 0.0), 2)
+            row.update(status="done", **figures)
         elif remote.exists():
             row["status"] = "remote"
             row["results"] = str(folder)

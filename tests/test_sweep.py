@@ -4,7 +4,8 @@ test of "the same experiment"."""
 
 import json
 
-from launcher.sweep import ERROR_FILE, REMOTE_RESULTS_FILE, same_experiment, sweep_rows
+from launcher.sweep import (ERROR_FILE, REMOTE_RESULTS_FILE, same_experiment, summary_figures,
+                            sweep_rows)
 
 
 def _job(sweep, name, summary=None, error=None, remote=None):
@@ -43,3 +44,14 @@ def test_same_experiment_ignores_where_and_how_not_what():
     assert same_experiment(a, b)
     assert not same_experiment(a, dict(a, seed=1))
     assert not same_experiment(a, dict(a, defense={"name": "krum"}))
+
+
+def test_every_number_of_a_summary_is_a_figure():
+    summary = {"config": {"seed": 3}, "roles": {"malicious": [1]}, "rounds": 4,
+               "mean_backdoor_accuracy": 0.5, "final": {"round": 4, "main_accuracy": 0.9,
+                                                        "flagged": [1], "detector": True},
+               "detection": {"recall": 1.0, "tp": 4},
+               "phases": {"prune": {"main_accuracy": 0.8}}}
+    assert summary_figures(summary) == {
+        "rounds": 4, "mean_backdoor_accuracy": 0.5, "final_main_accuracy": 0.9,
+        "detection_recall": 1.0, "detection_tp": 4, "phases_prune_main_accuracy": 0.8}
