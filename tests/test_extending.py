@@ -40,8 +40,8 @@ def project_copy(dest: Path) -> Path:
 
 def test_a_new_defense_and_a_new_attack_are_one_module_and_one_yaml_each(tmp_path, cache_dir):
     copy = project_copy(tmp_path / "project")
-    new = ["defenses/keep_first.py", "conf/defense/keep_first.yaml", "attacker/sign_flip.py",
-           "conf/attack/sign_flip.yaml"]
+    new = ["defenses/keep_first.py", "conf/defense/keep_first.yaml", "attacker/amplify.py",
+           "conf/attack/amplify.yaml"]
     for path in new:
         assert not (copy / path).exists()
         (copy / path).write_text(recipe(path))
@@ -50,17 +50,17 @@ def test_a_new_defense_and_a_new_attack_are_one_module_and_one_yaml_each(tmp_pat
         [sys.executable, "-m", "launcher.cli", f"data.root={SHARED_DATA}",
          f"data.cache_dir={cache_dir}", "federation=simulation", "num_clients=4",
          "clients_per_round=4", "num_rounds=2", "dataset.max_train_samples=2000",
-         "server.eval_max_samples=500", "defense=keep_first", "attack=sign_flip",
+         "server.eval_max_samples=500", "defense=keep_first", "attack=amplify",
          "attack.scale=4", f"hydra.run.dir={run}"],
         cwd=copy, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     rows = read_metrics(run / "metrics.jsonl")
     summary = json.loads((run / "summary.json").read_text())
     (attacker,) = summary["roles"]["malicious"]
-    assert summary["config"]["attack"] == {**summary["config"]["attack"], "name": "sign_flip",
+    assert summary["config"]["attack"] == {**summary["config"]["attack"], "name": "amplify",
                                            "scale": 4.0}
     for row in rows:
-        # The attack acted: its update is the honest one flipped and scaled by 4.
+        # The attack acted: its update is the honest one scaled by 4.
         assert row["num_malicious"] == 1 and row["max_malicious_norm"] > 2 * row["benign_norm_p90"]
         # The defense acted: it kept partition 0 alone and flagged everyone else.
         assert row["flagged"] == [1, 2, 3] and row["kept_partition"] == 0
