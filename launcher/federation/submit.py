@@ -13,6 +13,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import sysconfig
 import threading
 import time
 from pathlib import Path
@@ -23,12 +24,41 @@ from flbackdoor.config import ExperimentConfig, to_json
 from launcher.federation.commands import FLOWER_ENV
 from launcher.federation.processes import ProcessFailed, ProcessGroup, die_with_parent
 
-APP_DIR = Path(__file__).resolve().parents[2]  # the repo: pyproject.toml with [tool.flwr.app]
+# The checkout (its pyproject.toml holds [tool.flwr.app]), or site-packages after `pip install .`.
+SOURCE_DIR = Path(__file__).resolve().parents[2]
+APP_PACKAGES = ("server", "client", "attacker", "defenses", "flbackdoor")  # fab-include's
 CONNECTION = "flbackdoor"
 
 
 class RunFailed(RuntimeError):
     """The Flower run did not finish successfully."""
+
+
+def installed_manifests() -> list[Path]:
+    """Where ``pip install .`` puts the project's pyproject.toml (its data-files), for this
+    environment and for a ``--user`` install."""
+    schemes = [sysconfig.get_path("data"), sysconfig.get_path("data", f"{os.name}_user")]
+    return [Path(p) / "share" / "flbackdoor" / "pyproject.toml" for p in schemes]
+
+
+def flower_app_dir(run_dir: Path) -> Path:
+    """The folder ``flwr run`` builds the Flower App (FAB) from: the checkout itself, or, for
+    an installed (non-editable) flbackdoor, ``<run>/flower_app``: the installed app packages
+    beside the manifest that pip put in ``<prefix>/share/flbackdoor``."""
+    if (SOURCE_DIR / "pyproject.toml").exists():
+        return SOURCE_DIR
+    manifest = next((m for m in installed_manifests() if m.exists()), None)
+    if manifest is None:
+        raise RunFailed(f"no Flower App manifest: neither {SOURCE_DIR / 'pyproject.toml'} nor "
+                        f"{' or '.join(map(str, installed_manifests()))}; reinstall flbackdoor")
+    app = run_dir / "flower_app"
+    shutil.rmtree(app, ignore_errors=True)
+    app.mkdir(parents=True)
+    shutil.copy(manifest, app / "pyproject.toml")
+    for package in APP_PACKAGES:
+        shutil.copytree(SOURCE_DIR / package, app / package,
+                        ignore=shutil.ignore_patterns("__pycache__"))
+    return app
 
 
 def flwr_bin(name: str) -> str:
@@ -72,12 +102,13 @@ def submit(
     procs: ProcessGroup | None = None,
     federation_config: str | None = None,
     prefix_cmd: list[str] | None = None,
-    app_dir: str | Path = APP_DIR,
+    app_dir: str | Path | None = None,
 ) -> int:
     """``flwr run`` the app, echo its log stream, and raise :class:`RunFailed` unless it
     finished; a federation process dying meanwhile ends the run too. ``prefix_cmd``: run
     ``flwr`` through it (``docker exec <container>``; then ``run_config`` and ``app_dir`` are
     paths in that container)."""
+    app_dir = app_dir or flower_app_dir(run_dir)
     cmd = [*_flwr(prefix_cmd), "run", str(app_dir), CONNECTION, "--run-config", str(run_config),
            "--stream"]
     if federation_config:
