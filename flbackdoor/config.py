@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from flbackdoor.errors import ConfigError
-from flbackdoor.registries import ATTACKS, DATASETS, DEFENSES, MODELS, PARTITIONERS
+from flbackdoor.registries import ATTACKS, DATASETS, DEFENSES, MODELS, PARTITIONERS, TRACKERS
 from flbackdoor.registry import option_config
 
 FEDERATIONS = ("local", "simulation", "remote", "centralized", "docker")
@@ -110,6 +110,15 @@ class ServerConfig:
     # that size; trust: the reported count (an attack surface: one node can claim ~all weight).
     num_examples: str = "known"
     checkpoint_every: int = 1  # write <run>/checkpoint.pt every N rounds (resume point)
+
+
+@dataclass
+class TrackingConfig:
+    """An experiment tracker besides the results files (flbackdoor/tracking.py)."""
+
+    name: str = "none"  # none | tensorboard | mlflow
+    uri: str = ""  # tensorboard: the log dir (default <run>/tensorboard); mlflow: tracking URI
+    experiment: str = "flbackdoor"  # mlflow: the experiment the runs go to
 
 
 @dataclass
@@ -238,6 +247,7 @@ class ExperimentConfig:
     pruning: PruningConfig = field(default_factory=PruningConfig)
     poisoning: PoisoningConfig = field(default_factory=PoisoningConfig)
     client_defense: ClientDefenseConfig = field(default_factory=ClientDefenseConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
     # Clean rounds before the experiment (attack) starts, from a checkpoint cached in
     # data.cache_dir and reused by every run with the same clean setting.
     pretrain_rounds: int = 0
@@ -296,6 +306,10 @@ def _check_plaintext(f: FederationConfig) -> None:
 def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     """Raise :class:`ConfigError` on the first value that cannot run; return ``cfg``."""
     DATASETS[cfg.dataset.name], MODELS[cfg.model.name], PARTITIONERS[cfg.partition.name]
+    TRACKERS[cfg.tracking.name]
+    from flbackdoor.tracking import check_tracker
+
+    check_tracker(cfg.tracking)
     one_of("federation.mode", cfg.federation.mode, FEDERATIONS)
     one_of("device", cfg.device, DEVICES)
     # A defense-only run (pruning a checkpoint) may train no round.

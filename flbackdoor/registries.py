@@ -8,6 +8,7 @@
 | MODELS        | ``model``         | ``flbackdoor/models.py``           |
 | DATASETS      | ``dataset``       | ``flbackdoor/data/sources.py``     |
 | PARTITIONERS  | ``partition``     | ``flbackdoor/data/partition.py``   |
+| TRACKERS      | ``tracking``      | ``flbackdoor/tracking.py``         |
 """
 
 from __future__ import annotations
@@ -20,3 +21,4 @@ TASKS: Registry = Registry("attack.task", ("attacker",))
 MODELS: Registry = Registry("model", ("flbackdoor.models",))
 DATASETS: Registry = Registry("dataset", ("flbackdoor.data.sources",))
 PARTITIONERS: Registry = Registry("partition", ("flbackdoor.data.partition",))
+TRACKERS: Registry = Registry("tracking", ("flbackdoor.tracking",))

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from flbackdoor.config import ExperimentConfig
+from flbackdoor.tracking import SafeTracker
 
 
 def json_safe(value: Any) -> Any:
@@ -70,6 +71,8 @@ class ResultsWriter:
         old = read_metrics(self.metrics_path) if keep_until is not None else []
         self.rows: list[dict] = [r for r in old if r["round"] <= (keep_until or 0)]
         self._flush()
+        self.tracker = SafeTracker(cfg.tracking, out_dir)
+        self.tracker.log_config(asdict(cfg))
 
     def _flush(self) -> None:
         # The whole file each round, via rename: a killed run never leaves a torn line.
@@ -79,6 +82,7 @@ class ResultsWriter:
     def write_round(self, row: dict) -> None:
         self.rows.append(row)
         self._flush()
+        self.tracker.log_round(row)
 
     def finish(self, wall_time_s: float, **extra: Any) -> dict:
         # Over the training rounds: the defense's phases have their own blocks (``phases``).
@@ -95,6 +99,7 @@ class ResultsWriter:
         }
         write_json_atomic(self.out_dir / "summary.json", summary)
         plot_curves(self.rows, self.out_dir / "curves.png")
+        self.tracker.close(summary)
         return summary
 
 

@@ -127,3 +127,16 @@ class FakeGrid:
         out = [r for r in self.replies if r.metadata.reply_to_message_id in ids]
         self.replies = [r for r in self.replies if r not in out]
         return out
+
+
+def project_copy(dest: Path) -> Path:
+    """The checkout's tracked and untracked-but-not-ignored files, copied to ``dest``."""
+    import shutil
+
+    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO,
+                           capture_output=True, text=True, check=True).stdout.split()
+    for name in files:
+        if (REPO / name).is_file():
+            (dest / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(REPO / name, dest / name)
+    return dest

@@ -6,14 +6,12 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import subprocess
 import sys
-from pathlib import Path
 
 import pytest
 
-from conftest import REPO, SHARED_DATA, requires_shared_data
+from conftest import REPO, SHARED_DATA, project_copy, requires_shared_data
 from flbackdoor.results import read_metrics
 
 pytestmark = [requires_shared_data, pytest.mark.e2e]
@@ -26,16 +24,6 @@ def recipe(path: str) -> str:
     match = re.search(rf"`{re.escape(path)}`:\n\n```(?:python|yaml)\n(.*?)```", DOC, re.S)
     assert match, f"docs/EXTENDING.md has no block for {path}"
     return match.group(1)
-
-
-def project_copy(dest: Path) -> Path:
-    files = subprocess.run(["git", "ls-files", "-co", "--exclude-standard"], cwd=REPO,
-                           capture_output=True, text=True, check=True).stdout.split()
-    for name in files:
-        if (REPO / name).is_file():
-            (dest / name).parent.mkdir(parents=True, exist_ok=True)
-            shutil.copy2(REPO / name, dest / name)
-    return dest
 
 
 def test_a_new_defense_and_a_new_attack_are_one_module_and_one_yaml_each(tmp_path, cache_dir):

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, data_args, requires_shared_data
+from conftest import REPO, data_args, project_copy, requires_shared_data
 
 PACKAGES = ("flbackdoor", "server", "client", "attacker", "defenses", "launcher")
 
@@ -23,8 +23,10 @@ PACKAGES = ("flbackdoor", "server", "client", "attacker", "defenses", "launcher"
 @pytest.fixture(scope="module")
 def wheel(tmp_path_factory) -> Path:
     out = tmp_path_factory.mktemp("wheel")
+    source = project_copy(tmp_path_factory.mktemp("source"))  # the build leaves build/ behind
     subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps",
-                    "--no-build-isolation", "-w", str(out), str(REPO)], check=True, timeout=300)
+                    "--no-build-isolation", "-w", str(out), str(source)], check=True,
+                   timeout=300)
     (path,) = out.glob("flbackdoor-*.whl")
     return path
 
