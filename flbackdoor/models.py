@@ -10,7 +10,9 @@
 Every model exposes ``last_conv`` (the layer whose output channels federated pruning ranks)
 and a ``channel_mask`` buffer (one 0/1 entry per channel of that layer, all ones until pruned):
 a buffer, so the mask travels in the state dict to clients, aggregation, evaluation and
-checkpoints without any of them knowing about pruning.
+checkpoints without any of them knowing about pruning. ``penultimate(model, x)`` reads the
+features the last Linear (the classifier head, ``last_linear``) receives, for attacks that work
+in feature space (``attack=chameleon``).
 """
 
 from __future__ import annotations
@@ -73,6 +75,27 @@ def with_channel_mask(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]
         return state
     last = max(convs, key=lambda iv: iv[0])[1]
     return {"channel_mask": torch.ones(last.shape[0]), **state}
+
+
+def last_linear(model: nn.Module) -> nn.Linear:
+    """The model's classifier head: its last ``nn.Linear``, on top of the penultimate features."""
+    linears = [m for m in model.modules() if isinstance(m, nn.Linear)]
+    if not linears:
+        raise ValueError(f"{type(model).__name__} has no Linear layer to read features below")
+    return linears[-1]
+
+
+def penultimate(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The penultimate features of batch ``x``: what the model's last Linear receives (in the
+    model's current train/eval mode, gradients flowing). Read by a hook, so any model works and
+    neither its state dict nor its forward changes."""
+    seen: list[torch.Tensor] = []
+    hook = last_linear(model).register_forward_pre_hook(lambda _, args: seen.append(args[0]))
+    try:
+        model(x)
+    finally:
+        hook.remove()
+    return seen[-1]
 
 
 def _conv_pool_blocks(in_ch: int, widths: list[int], kernel: int, pool_every: int) -> list[nn.Module]:
