@@ -32,7 +32,7 @@ from flbackdoor.results import ResultsWriter
 from flbackdoor.roles import Roles, roles_for
 from server import checkpoint
 from server.nodes import Membership, identify
-from server.rounds import RoundRunner, progress_line
+from server.rounds import RoundRunner, eta_s, progress_line
 
 app = ServerApp()
 
@@ -163,10 +163,12 @@ def train(run: Run, runner: RoundRunner, writer: ResultsWriter) -> int:
     server.checkpoint_every rounds) a checkpoint each. Returns the last round."""
     cfg = run.cfg
     last = run.experiment_start + cfg.num_rounds
-    for rnd in range(run.done_round + 1, last + 1):
+    first, started = run.done_round + 1, time.monotonic()
+    for rnd in range(first, last + 1):
         run.arrays, row = runner.run(rnd, run.arrays, run.defense)
         writer.write_round(row)
-        log(INFO, progress_line(row, last))
+        log(INFO, progress_line(row, last, eta_s(time.monotonic() - started, rnd - first + 1,
+                                                 last - rnd)))
         if (rnd - run.experiment_start) % cfg.server.checkpoint_every == 0 or rnd == last:
             checkpoint.save(run.out_dir / "checkpoint.pt", run.arrays.to_torch_state_dict(), rnd,
                             defense=run.defense.state_dict(),

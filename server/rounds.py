@@ -241,10 +241,21 @@ class RoundRunner:
         return arrays, row
 
 
-def progress_line(row: dict, last_round: int) -> str:
+def eta_s(elapsed_s: float, done: int, left: int) -> float:
+    """The rounds left at the mean pace of the rounds done so far."""
+    return elapsed_s / done * left if done else 0.0
+
+
+def format_duration(seconds: float) -> str:
+    s = int(round(seconds))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s"
+
+
+def progress_line(row: dict, last_round: int, eta: float | None = None) -> str:
     line = (f"[{row['phase']} round {row['round']}/{last_round}] "
             f"main_accuracy={row['main_accuracy']:.4f} main_loss={row['main_loss']:.4f}")
     if "backdoor_accuracy" in row:
         line += f" backdoor_accuracy={row['backdoor_accuracy']:.4f}"
-    return line + (f" clients={row['num_clients']}/{row['num_sampled']} "
-                   f"malicious={row['num_malicious']} time={row['round_time_s']:.1f}s")
+    line += (f" clients={row['num_clients']}/{row['num_sampled']} "
+             f"malicious={row['num_malicious']} time={row['round_time_s']:.1f}s")
+    return line if eta is None else f"{line} eta={format_duration(eta)}"

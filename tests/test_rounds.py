@@ -225,3 +225,16 @@ def test_the_side_channel_hands_attackers_the_benign_updates_and_the_last_global
     finally:
         type(cfg.attack).omniscient = False
         type(cfg.attack).reads_global_update = False
+
+
+def test_the_progress_line_carries_the_eta_of_the_rounds_left():
+    from server.rounds import eta_s, progress_line
+
+    assert eta_s(30.0, 3, 7) == 70.0 and eta_s(0.0, 0, 5) == 0.0
+    row = {"phase": "train", "round": 3, "main_accuracy": 0.9, "main_loss": 0.3,
+           "num_clients": 10, "num_sampled": 10, "num_malicious": 1, "round_time_s": 10.0}
+    line = progress_line(row, 10, eta_s(30.0, 3, 7))
+    assert line.startswith("[train round 3/10] main_accuracy=0.9000") and line.endswith(
+        "time=10.0s eta=1m10s")
+    assert progress_line(row, 10, 4000.0).endswith("eta=1h06m")
+    assert "eta" not in progress_line(row, 10)
