@@ -24,11 +24,12 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+from launcher.federation.reaper import MARKER_VAR, STOPPED  # every group process carries the marker
+
 
 log = logging.getLogger("flbackdoor")
 
 PR_SET_PDEATHSIG = 1  # linux/prctl.h
-MARKER_VAR = "FLBACKDOOR_FEDERATION"  # every process of a group has it (reaper.py reads it)
 REAPER = Path(__file__).with_name("reaper.py")
 
 
@@ -108,7 +109,11 @@ class ProcessGroup:
             return
         reaper, self.reaper = self.reaper, None
         assert reaper.stdin is not None
-        reaper.stdin.close()
+        try:
+            reaper.stdin.write(STOPPED)
+            reaper.stdin.close()
+        except BrokenPipeError:  # it is gone already
+            pass
         try:
             reaper.wait(grace + 5)
         except subprocess.TimeoutExpired:

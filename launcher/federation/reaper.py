@@ -3,7 +3,8 @@
 :class:`launcher.federation.processes.ProcessGroup` starts this file (stdlib only, run by path)
 in a session of its own, with the read end of a pipe as its stdin; only the launcher holds the
 write end. End of file on stdin means the launcher is gone, or has stopped its processes and
-closed the pipe. Then every live process whose environment carries ``FLBACKDOOR_FEDERATION=
+closed the pipe (having written ``STOPPED`` first, so a straggler swept up then is not reported as
+a death). Then every live process whose environment carries ``FLBACKDOOR_FEDERATION=
 <token>`` (every process the group started, and everything those started: Flower's SuperExec,
 ServerApp, ClientApps, Ray's workers, wherever they were reparented) gets SIGTERM, and SIGKILL
 after ``grace`` seconds.
@@ -23,6 +24,7 @@ import time
 from pathlib import Path
 
 MARKER_VAR = "FLBACKDOOR_FEDERATION"
+STOPPED = b"stopped"  # the launcher's word that it stopped its federation itself
 
 
 def marked(token: str) -> list[int]:
@@ -72,9 +74,11 @@ def main(argv: list[str]) -> None:
     token, grace = argv[0], float(argv[1]) if len(argv) > 1 else 5.0
     for sig in (signal.SIGINT, signal.SIGHUP):  # a terminal's Ctrl-C or hangup is the launcher's
         signal.signal(sig, signal.SIG_IGN)
-    while sys.stdin.buffer.read(4096):  # the launcher never writes: this waits for EOF
-        pass
-    if n := reap(token, grace):
+    said = b""
+    while chunk := sys.stdin.buffer.read(4096):  # until EOF: the launcher's stop or death
+        said += chunk
+    n = reap(token, grace)
+    if n and STOPPED not in said:
         print(f"reaper: the launcher died; stopped {n} process(es) of its federation",
               file=sys.stderr)
 
