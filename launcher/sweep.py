@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import csv
 import json
+import os
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -108,10 +110,15 @@ def write_sweep_summary(sweep_dir: Path) -> Path:
     for row in rows:
         columns += [k for k in row if k not in columns]
     path = sweep_dir / "sweep_summary.csv"
-    with path.open("w", newline="") as f:
+    # Parallel launchers (joblib, submitit) end jobs at the same time in other processes: each
+    # writes its own temp file and renames it, so the CSV is never torn; the last one wins and
+    # holds every job that had finished by then.
+    fd, tmp = tempfile.mkstemp(prefix=".sweep_summary.", suffix=".tmp", dir=sweep_dir)
+    with os.fdopen(fd, "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=columns)
         writer.writeheader()
         writer.writerows(rows)
+    os.replace(tmp, path)
     return path
 
 
