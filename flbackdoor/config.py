@@ -130,6 +130,9 @@ class FederationConfig:
     superexec_poll_interval_s: float = 0.2  # FLWR_SUPEREXEC_TASK_POLL_INTERVAL (default 1 s)
     client_num_cpus: int = 1  # simulation: Ray CPUs per virtual client (Flower takes whole CPUs)
     client_num_gpus: float = 0.0
+    # simulation: the CPUs this run's private Ray may use (0: every core); with a parallel
+    # sweep launcher, cores // n_jobs, so the jobs share the machine instead of oversubscribing
+    num_cpus: int = 0
     ray_address: str = ""  # simulation: join an existing Ray cluster ("auto" or host:port)
     address: str = ""  # remote: the SuperLink's Control API, host:port
     insecure: bool = False  # remote: plaintext (loopback, or allow_insecure on a trusted network)
@@ -382,6 +385,12 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
             f"federation=local starts one process per client; num_clients={cfg.num_clients} "
             f"exceeds federation.max_local_nodes={f.max_local_nodes} (use federation=simulation)",
         )
+    if f.mode == "simulation":
+        check(f.client_num_cpus >= 1, f"federation.client_num_cpus={f.client_num_cpus} must be "
+                                      "at least 1 (Flower gives a virtual client whole CPUs)")
+        check(f.num_cpus == 0 or f.num_cpus >= f.client_num_cpus,
+              f"federation.num_cpus={f.num_cpus} must be 0 (every core) or at least "
+              f"federation.client_num_cpus={f.client_num_cpus}")
     if f.mode == "remote":
         check(bool(f.address), "federation=remote needs federation.address=<host:port>")
         check(

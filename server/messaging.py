@@ -39,7 +39,7 @@ def wave_window(cfg: ExperimentConfig) -> int:
     f = cfg.federation
     if f.mode != "simulation" or f.ray_address:  # a Ray cluster's size is not known here
         return 0
-    workers = max(1, (os.cpu_count() or 1) // f.client_num_cpus)
+    workers = max(1, (f.num_cpus or os.cpu_count() or 1) // f.client_num_cpus)
     if f.client_num_gpus > 0:
         import torch
 

@@ -32,6 +32,9 @@ def test_json_round_trip_is_lossless():
     ("partition=natural", "partition=natural needs a dataset with writers"),
     ("num_clients=500", "federation=local starts one process per client"),
     ("federation=remote", "federation=remote needs federation.address"),
+    ("federation=simulation federation.client_num_cpus=2 federation.num_cpus=1",
+     "federation.num_cpus=1 must be 0 (every core) or at least federation.client_num_cpus=2"),
+    ("tracking=tensorboard tracking.name=wandb", "tracking='wandb' is not registered"),
     ("attack=boosted attack.schedule=none", "needs attack.schedule"),
     ("attack=boosted attack.num_malicious=0", "needs attack.num_malicious between 1"),
     ("attack=boosted attack.source_label=1 attack.target_label=1", "must be different labels"),
@@ -114,3 +117,14 @@ def test_cli_names_an_unregistered_option_in_one_line(tmp_path):
     assert "bulyan, deepsight, fedmedian" in res.stderr
     res = flbackdoor(["-m", "attack=boosted,nope", f"hydra.sweep.dir={tmp_path}"], timeout=120)
     assert res.returncode == 2 and "attack='nope' is not registered" in res.stderr
+
+
+def test_a_simulation_caps_its_ray_at_federation_num_cpus():
+    from launcher.federation.simulation import federation_config
+    from server.messaging import wave_window
+
+    cfg = resolve(composed("federation=simulation", "federation.num_cpus=1"))
+    assert "init-args-num-cpus=1" in federation_config(cfg).split()
+    assert wave_window(cfg) == 2  # twice the one Ray worker it fits
+    cfg = resolve(composed("federation=simulation"))
+    assert "init-args-num-cpus" not in federation_config(cfg)

@@ -14,8 +14,11 @@ from launcher.federation.submit import flwr_env, submit, write_flwr_home, write_
 
 def federation_config(cfg: ExperimentConfig) -> str:
     f = cfg.federation
-    return (f"num-supernodes={cfg.num_clients} client-resources-num-cpus={f.client_num_cpus} "
-            f"client-resources-num-gpus={f.client_num_gpus}")
+    config = (f"num-supernodes={cfg.num_clients} client-resources-num-cpus={f.client_num_cpus} "
+              f"client-resources-num-gpus={f.client_num_gpus}")
+    if f.num_cpus and not f.ray_address:  # a cluster's size is the cluster's
+        config += f" init-args-num-cpus={f.num_cpus}"
+    return config
 
 
 def run_simulation(cfg: ExperimentConfig, run_dir: Path) -> int:
