@@ -37,7 +37,8 @@ class AttackConfig:
     # Durability (Neurotoxin, Chameleon): 0 = attack to the end; n = no attacker is sampled
     # after the experiment's n-th round (pretraining rounds do not count).
     stop_round: int = 0
-    task: str = "semantic"  # the backdoor task (registered in TASKS): semantic | pixel_pattern | dba
+    # The backdoor task (registered in TASKS): semantic | pixel_pattern | dba | label_flip
+    task: str = "semantic"
     source_label: int = 7  # semantic: the target writers' digit; triggers: the victim label
     target_label: int = 1
     num_backdoor_tasks: int = 30  # semantic: target writers
