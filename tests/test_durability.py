@@ -5,7 +5,7 @@ import json
 
 import pytest
 
-from flbackdoor.config import ExperimentConfig
+from flbackdoor.config import ConfigError, ExperimentConfig, validate
 from flbackdoor.results import ResultsWriter, backdoor_lifespan
 
 
@@ -69,3 +69,10 @@ def test_summary_holds_the_lifespan(tmp_path):
     plain = ResultsWriter(tmp_path / "clean", ExperimentConfig())
     plain.write_round({"round": 1, "phase": "train", "main_accuracy": 0.9, "main_loss": 0.3})
     assert "lifespan" not in plain.finish(1.0)
+
+
+def test_negative_stop_round_fails_validation_in_one_line():
+    with pytest.raises(ConfigError) as err:
+        validate(ExperimentConfig(attack={"name": "boosted", "stop_round": -1}))
+    assert "attack.stop_round=-1 must be >= 0" in str(err.value) and "\n" not in str(err.value)
+    validate(ExperimentConfig(attack={"name": "boosted", "stop_round": 4}))
