@@ -34,7 +34,11 @@ class AttackConfig:
     num_malicious: int = 0  # malicious partitions (epsilon * K)
     schedule: str = "none"  # none | fixed_frequency | random: how the server samples them
     frequency: int = 1  # fixed_frequency: one attacker in rounds with round % f == f // 2
-    task: str = "semantic"  # the backdoor task (registered in TASKS): semantic | pixel_pattern | dba
+    # Durability (Neurotoxin, Chameleon): 0 = attack to the end; n = no attacker is sampled
+    # after the experiment's n-th round (pretraining rounds do not count).
+    stop_round: int = 0
+    # The backdoor task (registered in TASKS): semantic | pixel_pattern | dba | label_flip
+    task: str = "semantic"
     source_label: int = 7  # semantic: the target writers' digit; triggers: the victim label
     target_label: int = 1
     num_backdoor_tasks: int = 30  # semantic: target writers
@@ -66,6 +70,8 @@ class AttackConfig:
               f"attack.source_label={self.source_label} and attack.target_label="
               f"{self.target_label} must be different labels of the dataset")
         check(self.frequency >= 1, f"attack.frequency={self.frequency} must be at least 1")
+        check(self.stop_round >= 0,
+              f"attack.stop_round={self.stop_round} must be >= 0 (0: never stop)")
         check(self.epochs >= 1, f"attack.epochs={self.epochs} must be at least 1")
         check(1 <= self.pattern_pixels <= 9,
               f"attack.pattern_pixels={self.pattern_pixels} must be 1..9")

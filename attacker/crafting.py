@@ -3,6 +3,8 @@
 - ``boosted``: train w* on D_trn + D_mal from w_t, send w_t + b (w* - w_t).
 - ``norm_bounded``: the same, projecting w onto the L2 ball of radius M / b around w_t after
   every epoch (or step), so the boosted update's norm is at most M.
+- ``neurotoxin`` (Zhang et al. 2022): ``norm_bounded`` with w kept equal to w_t, after every
+  step, on the coordinates the benign clients move most (a mask, ``neurotoxin.py``).
 
 An epoch is one pass over D_trn + D_mal (``attack.data_mix=union``) or, as in the TFF reference,
 a pass over D_trn followed by a pass over D_mal (``alternate``).
@@ -28,7 +30,7 @@ import torch
 from torch import nn
 
 from attacker.base import Attack, Reply, TrainJob, state_reply
-from attacker.replacement import boost, project_l2
+from attacker.replacement import boost, project_l2, restrict
 from attacker.tasks import build_task
 from flbackdoor.config import ExperimentConfig
 from flbackdoor.rng import stream
@@ -61,12 +63,17 @@ def attacker_train_data(local: tuple[np.ndarray, np.ndarray], cache: Path, cfg: 
 def craft_update(model: nn.Module, global_state: StateDict, local: tuple[np.ndarray, np.ndarray],
                  poison: tuple[np.ndarray, np.ndarray], cfg: ExperimentConfig,
                  factor: float | None, device: torch.device, generator: torch.Generator,
-                 radius: float | None = None, project_each_step: bool = False
-                 ) -> tuple[StateDict, TrainResult]:
+                 radius: float | None = None, project_each_step: bool = False,
+                 mask: StateDict | None = None) -> tuple[StateDict, TrainResult]:
     """Train w* on D_trn + D_mal from w_t, projecting onto the L2 ball of ``radius`` around
-    w_t (if given) after every epoch or step; send w_t + factor (w* - w_t), or w* itself when
-    ``factor`` is None (no boosting)."""
+    w_t (if given) after every epoch or step, and after every step onto the coordinates
+    ``mask`` allows (if given: w stays w_t where it is 0); send w_t + factor (w* - w_t), or
+    w* itself when ``factor`` is None (no boosting)."""
     a = cfg.attack
+    # The model may live on an accelerator; the constraints are computed beside it.
+    global_state = {k: v.to(device) for k, v in global_state.items()}
+    if mask is not None:
+        mask = {k: v.to(device) for k, v in mask.items()}
     if a.data_mix == "union":
         passes = [as_tensors(np.concatenate([np.asarray(local[0]), poison[0]]),
                              np.concatenate([np.asarray(local[1]), poison[1]]), device)]
@@ -80,7 +87,14 @@ def craft_update(model: nn.Module, global_state: StateDict, local: tuple[np.ndar
 
         project = project_to_ball
 
-    after_step = project if project_each_step else None
+    def after_step() -> None:
+        # The mask first: the L2 projection scales the update and keeps its zeros.
+        if mask is not None:
+            model.load_state_dict(restrict(model.state_dict(), global_state, mask))
+        if project is not None and project_each_step:
+            project()
+
+    constrained = mask is not None or (project is not None and project_each_step)
     epochs = a.epochs
     # One train() call per pass keeps the optimizer (and its momentum) across epochs when
     # nothing has to happen between them.
@@ -88,7 +102,7 @@ def craft_update(model: nn.Module, global_state: StateDict, local: tuple[np.ndar
     results = []
     for _ in range(calls):
         results += [train(model, x, y, dataclasses.replace(cfg.client, epochs=per_call),
-                          normalize, generator, after_step=after_step)
+                          normalize, generator, after_step=after_step if constrained else None)
                     for x, y in passes if len(y)]
         if project is not None:
             project()
@@ -117,6 +131,11 @@ class BackdoorAttack(Attack):
         """Project after every step instead of every epoch."""
         return False
 
+    def mask(self, job: TrainJob) -> StateDict | None:
+        """The 0/1 mask of the coordinates the update may move (kept after every step); None:
+        all of them."""
+        return None
+
     def reply(self, job: TrainJob) -> Reply:
         cfg, pid = self.cfg, job.partition_id
         roles = roles_for(cfg, job.cache)
@@ -127,7 +146,7 @@ class BackdoorAttack(Attack):
         factor = self.boost(job, n)
         state, result = craft_update(job.model, job.global_state, d_trn, poison, cfg, factor,
                                      job.device, job.generator, self.radius(factor),
-                                     self.project_each_step())
+                                     self.project_each_step(), self.mask(job))
         # The attacker reports its honest-looking D_trn size, the n_k its boost was computed for.
         result.num_examples = n
         return state_reply(state, result)

@@ -8,6 +8,10 @@ accuracy on. Images stay raw uint8 (N, C, H, W) here; the model's normalizer com
   n-pixel trigger, relabelled; evaluated on every held-out victim-label image with the trigger.
 - ``dba`` (Xie et al.): as ``pixel_pattern`` with one part of a global pattern per attacker;
   evaluated with the whole pattern.
+- ``label_flip`` (targeted label flipping, no trigger): the attacker's own ``source_label``
+  images relabelled ``target_label`` (``attack=label_flip`` trains on them in place of their
+  true labels); evaluated on every held-out source-label image, so backdoor accuracy is the
+  share of the source class classified as the target.
 
 Backdoor test sets never contain images whose true label is already the target label.
 """
@@ -112,6 +116,20 @@ class DBATask(TriggerTask):
     def trigger(self, part: int | None) -> tuple[np.ndarray, np.ndarray]:
         return dba_pattern(self.cfg.attack.dba_parts, self.cfg.dataset.image_size, self.value,
                            part)
+
+
+@TASKS.register("label_flip")
+class LabelFlipTask(BackdoorTask):
+    def relabelled(self, x: np.ndarray, y: np.ndarray) -> Arrays:
+        a = self.cfg.attack
+        source = np.asarray(y) == a.source_label
+        return np.asarray(x[source]), np.full(int(source.sum()), a.target_label, np.int64)
+
+    def poison(self, x: np.ndarray, y: np.ndarray, attacker_index: int) -> Arrays:
+        return self.relabelled(x, y)
+
+    def test_set(self) -> Arrays:
+        return self.relabelled(*load_test(self.cache))
 
 
 def build_task(cfg: ExperimentConfig, cache: Path, roles: Roles) -> BackdoorTask | None:

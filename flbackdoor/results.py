@@ -6,7 +6,8 @@
 - ``summary.json``: ``final`` (the last row), ``initial``, ``rounds``, ``wall_time_s`` and the
   resolved ``config``; written to a temp file and renamed, so it is never torn.
   With an attack: ``final.backdoor_accuracy`` and ``mean_backdoor_accuracy`` (the cumulative mean
-  of the backdoor accuracy over the rounds, Sun et al.'s green line, at the last round).
+  of the backdoor accuracy over the rounds, Sun et al.'s green line, at the last round), and the
+  backdoor's ``lifespan`` with its ``durability`` block (:func:`backdoor_lifespan`).
 - ``curves.png``: in the paper's style: main task dotted, backdoor task solid, its cumulative
   mean green; main-task loss beside it.
 """
@@ -90,6 +91,9 @@ class ResultsWriter:
                     if "backdoor_accuracy" in r and r.get("phase", "train") == "train"]
         if backdoor:
             extra["mean_backdoor_accuracy"] = sum(backdoor) / len(backdoor)
+        durability = backdoor_lifespan(self.rows)
+        if durability is not None:
+            extra["lifespan"], extra["durability"] = durability["lifespan"], durability
         summary = {
             "final": self.rows[-1] if self.rows else {},
             "rounds": len([r for r in self.rows if r.get("phase") == "train"]),
@@ -101,6 +105,37 @@ class ResultsWriter:
         plot_curves(self.rows, self.out_dir / "curves.png")
         self.tracker.close(summary)
         return summary
+
+
+LIFESPAN_THRESHOLD = 0.5
+
+
+def backdoor_lifespan(rows: list[dict], threshold: float = LIFESPAN_THRESHOLD) -> dict | None:
+    """The backdoor's durability as Neurotoxin (Zhang et al., ICML 2022, section 4) and
+    Chameleon (Dai & Li, ICML 2023) measure it, from the training rounds' metrics rows.
+
+    With L the last round an attacker's update was aggregated (``num_malicious`` > 0), the
+    lifespan is the number of rounds after L until the backdoor accuracy first falls below
+    ``threshold``: k when round L + k is the first round from L on below it (0: it was already
+    below when the attack stopped, after having been above). ``lifespan`` is None, and
+    ``status`` says why, when it stayed at or above the threshold in every round of the run
+    after L (``never_fell``; ``rounds_after_attack`` says how many rounds that was) or was
+    below it in every round up to L (``never_rose``: no backdoor to outlive the attack).
+    None for a run without a backdoor task or without an attack round."""
+    train = [r for r in rows if r.get("phase", "train") == "train"
+             and r.get("backdoor_accuracy") is not None]
+    attacked = [r["round"] for r in train if r.get("num_malicious", 0) > 0]
+    if not attacked:
+        return None
+    last = max(attacked)
+    out = {"last_attack_round": last, "threshold": threshold,
+           "rounds_after_attack": sum(r["round"] > last for r in train)}
+    if all(r["backdoor_accuracy"] < threshold for r in train if r["round"] <= last):
+        return {**out, "lifespan": None, "status": "never_rose"}
+    below = [r["round"] for r in train if r["round"] >= last and r["backdoor_accuracy"] < threshold]
+    if not below:
+        return {**out, "lifespan": None, "status": "never_fell"}
+    return {**out, "lifespan": min(below) - last, "status": "fell_below"}
 
 
 def cumulative_mean(values: list[float]) -> list[float]:

@@ -63,6 +63,7 @@ def main(grid: Grid, context: Context) -> None:
     runner = RoundRunner(grid, run.cfg, members, run.evaluator)
     if not resume(run):
         pretrain(run, runner)
+    runner.experiment_start = run.experiment_start
     writer = ResultsWriter(run.out_dir, run.cfg,
                            keep_until=run.done_round if run.cfg.resume else None)
     last = train(run, runner, writer)

@@ -114,6 +114,9 @@ class RoundRunner:
         # w_t - w_{t-1}, for attacks that read it (not kept in checkpoints: after a resume the
         # first round's attackers get none).
         self.global_update: dict | None = None
+        # The round the experiment's first round follows (server/app.py sets it once pretraining
+        # or a resume has decided it): attack.stop_round counts from there.
+        self.experiment_start = 0
 
     def send(self, messages: list) -> Wave:
         """One wave to the nodes: the round's training, or a defense's queries."""
@@ -145,7 +148,7 @@ class RoundRunner:
         benign = sorted(p for p, n in live.items() if n.role == "benign")
         malicious = sorted(p for p, n in live.items() if n.role == "malicious")
         plan = plan_round(rnd, benign, malicious, self.cfg.clients_per_round, self.cfg.attack,
-                          self.cfg.seed, attacks_on)
+                          self.cfg.seed, attacks_on, self.experiment_start)
         return plan, malicious
 
     def run(self, rnd: int, arrays: ArrayRecord, defense: Defense, phase: str = "train",

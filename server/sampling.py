@@ -10,6 +10,11 @@ Schedules (Sun et al. section 2, readings in DESIGN.md):
   partitions only in the other rounds.
 - ``random``: C*K partitions uniformly from all K, so the number of attackers in a round is
   hypergeometric.
+
+``attack.stop_round`` n > 0 ends every schedule after the experiment's n-th round (counted from
+``experiment_start``, the round pretraining or a loaded checkpoint ended with): the rounds
+after it are benign only, so the backdoor's durability can be measured (Neurotoxin, Zhang et
+al. 2022; Chameleon, Dai & Li 2023; ``flbackdoor.results.backdoor_lifespan``).
 """
 
 from __future__ import annotations
@@ -19,7 +24,6 @@ from typing import Any
 import numpy as np
 
 from flbackdoor.rng import stream
-
 
 
 def _rng(seed: int, server_round: int) -> np.random.Generator:
@@ -37,10 +41,17 @@ def is_attack_round(server_round: int, frequency: int) -> bool:
     return (server_round - 1) % frequency == frequency // 2
 
 
+def attack_stopped(server_round: int, stop_round: int, experiment_start: int = 0) -> bool:
+    """Whether ``server_round`` comes after the experiment's ``stop_round``-th round."""
+    return stop_round > 0 and server_round - experiment_start > stop_round
+
+
 def plan_round(server_round: int, benign: list[int], malicious: list[int], k: int,
-               attack: Any, seed: int, attacks_on: bool = True) -> list[int]:
+               attack: Any, seed: int, attacks_on: bool = True,
+               experiment_start: int = 0) -> list[int]:
     """The partitions that train in ``server_round``."""
-    if not attacks_on or attack.schedule == "none" or not malicious:
+    if (not attacks_on or attack.schedule == "none" or not malicious
+            or attack_stopped(server_round, attack.stop_round, experiment_start)):
         return sample_partitions(benign, k, seed, server_round)
     if attack.schedule == "random":
         return sample_partitions(benign + malicious, k, seed, server_round)

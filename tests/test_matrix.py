@@ -30,7 +30,8 @@ def test_every_row_and_column_of_the_matrix_composes_and_validates():
             assert cfg.attack.num_malicious == 0
         else:
             assert (cfg.attack.num_malicious, cfg.attack.schedule) == (2, "random")
-            assert cfg.attack.task == ("dba" if attack == "dba" else "pixel_pattern")
+            assert cfg.attack.task == (attack if attack in ("dba", "label_flip")
+                                       else "pixel_pattern")
 
 
 def _job(folder, defense, attack, main, backdoor=None, detection=None):

@@ -1,7 +1,10 @@
+import dataclasses
+
 import numpy as np
+import pytest
 
 from conftest import attack_config as AttackConfig
-from server.sampling import is_attack_round, plan_round, sample_partitions
+from server.sampling import attack_stopped, is_attack_round, plan_round, sample_partitions
 from server.update_stats import update_statistics
 
 
@@ -49,6 +52,31 @@ def test_no_schedule_or_attacks_off_means_benign_only():
                        (AttackConfig(name="boosted", schedule="random"), False)]:
         assert all(set(plan_round(r, BENIGN, MALICIOUS, 30, attack, 0, on)) <= set(BENIGN)
                    for r in range(1, 50))
+
+
+@pytest.mark.parametrize("schedule", ["random", "fixed_frequency"])
+def test_stop_round_ends_every_schedule_after_the_experiments_nth_round(schedule):
+    # 5 pretraining rounds: the experiment's rounds are 6, 7, ...; stop_round=4 ends after 9.
+    attack = AttackConfig(name="boosted", schedule=schedule, frequency=1, stop_round=4)
+    attacked = [r for r in range(6, 30)
+                if set(plan_round(r, BENIGN, MALICIOUS, 30, attack, 0, experiment_start=5))
+                & set(MALICIOUS)]
+    assert attacked and max(attacked) <= 9 and set(attacked) <= {6, 7, 8, 9}
+    assert all(len(plan_round(r, BENIGN, MALICIOUS, 30, attack, 0, experiment_start=5)) == 30
+               for r in range(10, 30))
+    # The rounds before the stop are sampled exactly as without it.
+    never = dataclasses.replace(attack, stop_round=0)
+    assert all(plan_round(r, BENIGN, MALICIOUS, 30, attack, 0, experiment_start=5)
+               == plan_round(r, BENIGN, MALICIOUS, 30, never, 0, experiment_start=5)
+               for r in range(6, 10))
+    assert any(set(plan_round(r, BENIGN, MALICIOUS, 30, never, 0)) & set(MALICIOUS)
+               for r in range(10, 30))
+
+
+def test_attack_stopped_counts_from_the_experiment_start():
+    assert not any(attack_stopped(r, 0, 5) for r in range(1, 100))  # 0: never stop
+    assert [r for r in range(1, 12) if not attack_stopped(r, 4, 5)] == list(range(1, 10))
+    assert attack_stopped(5, 4) and not attack_stopped(4, 4)
 
 
 def test_update_statistics():
