@@ -1,7 +1,7 @@
 """A3FL (Zhang, Jia, Chen, Lin, Wu, NeurIPS 2023, "A3FL: Adversarially Adaptive Backdoor Attacks
-to Federated Learning", section 4 and Algorithm 1): before poisoning, every attacker fits its
-trigger to the global model w_t *and* to a copy of it that has unlearned the trigger, so that the
-backdoor survives what the other clients' training will do to it.
+to Federated Learning", its method section and Algorithm 1): before poisoning, every attacker
+fits its trigger to the global model w_t *and* to a copy of it that has unlearned the trigger,
+so that the backdoor survives what the other clients' training will do to it.
 
 Each round, on the attacker's node, from the trigger delta it used last (A3FL's starting patch in
 its first attack round), for N = ``trigger_epochs`` passes over its victim-label images:
@@ -25,7 +25,7 @@ between rounds and, asked after the round (``query.trigger_report``), reports it
 which measures the backdoor with the trigger the attackers trained with. The testbed plays the
 measurement side here: no defense sees the report (server/trigger_report.py).
 
-Readings where the paper leaves a choice (docs in the attack's README row):
+Readings where the paper leaves a choice:
 - the victim-label images (``attack.source_label``) carry the trigger, as in every trigger task
   of this testbed; the authors' code stamps every class (all-to-one);
 - sim(theta', w_t) is the cosine similarity of the two models' flattened parameters, clamped at
@@ -33,8 +33,8 @@ Readings where the paper leaves a choice (docs in the attack's README row):
 - every attacker optimises its own trigger on its own data (the authors' code shares one
   trigger, found by the first attacker sampled); the server measures the lowest live attacker's;
 - defaults are the authors' released values (alpha = lambda_0 = ``adv_lr`` = 0.01, 5x5 patch
-  starting at 0.5) except N and the adversarial epochs, scaled down for CPU (they use 200 passes
-  and 5 epochs).
+  starting at 0.5) except N, K and the adversarial epochs, scaled down for CPU (they use 200
+  passes, a new theta' every pass, 5 epochs each).
 """
 
 from __future__ import annotations
@@ -76,7 +76,7 @@ class A3FLConfig(DataPoisoningConfig):
     trigger_epochs: int = 20  # N: passes over the victim images per round (authors: 200)
     trigger_lr: float = 0.01  # alpha: the sign step, in [0, 1] pixel units
     adv_interval: int = 5  # K: passes between two adversarial models
-    adv_epochs: int = 1  # epochs of unlearning that make theta' (0: no adversarial model; authors: 5)
+    adv_epochs: int = 1  # unlearning epochs that make theta' (0: none; authors: 5)
     adv_lr: float = 0.01  # the adversarial model's learning rate
     lambda0: float = 0.01  # lambda_0: weight of the adversarial model's loss
     adaptive_trigger: ClassVar[bool] = True
@@ -147,10 +147,10 @@ def adversarial_model(model: nn.Module, x: torch.Tensor, y: torch.Tensor, mask: 
     return adv
 
 
-def optimise_trigger(model: nn.Module, victims: torch.Tensor, data: tuple[torch.Tensor, torch.Tensor],
-                     target: int, mask: np.ndarray, start: np.ndarray, init: np.ndarray,
-                     a: A3FLConfig, client: ClientConfig, normalize: Normalizer,
-                     generator: torch.Generator) -> np.ndarray:
+def optimise_trigger(model: nn.Module, victims: torch.Tensor,
+                     data: tuple[torch.Tensor, torch.Tensor], target: int, mask: np.ndarray,
+                     start: np.ndarray, init: np.ndarray, a: A3FLConfig, client: ClientConfig,
+                     normalize: Normalizer, generator: torch.Generator) -> np.ndarray:
     """Algorithm 1's trigger loop: delta from ``start`` after N passes over ``victims`` (uint8),
     against ``model`` (w_t, left as it is) and the adversarial models built from ``data``."""
     device = victims.device
