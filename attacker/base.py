@@ -58,12 +58,18 @@ class AttackConfig:
     # out once the benign replies are in) and the last global update w_t - w_{t-1}.
     omniscient: ClassVar[bool] = False
     reads_global_update: ClassVar[bool] = False
+    # Whether the attack re-optimises its trigger every round (A3FL): it keeps the trigger in
+    # the node's state and reports it to the server's measurement (server/trigger_report.py);
+    # only such an attack may use a task whose trigger is adaptive.
+    adaptive_trigger: ClassVar[bool] = False
 
     def check(self, cfg: ExperimentConfig) -> None:
         """Raise ConfigError on a value this attack cannot run with."""
         one_of("attack.schedule", self.schedule, SCHEDULES)
         one_of("attack.data_mix", self.data_mix, ("union", "alternate"))
-        TASKS[self.task]
+        check(not TASKS[self.task].adaptive or self.adaptive_trigger,
+              f"attack.task={self.task} has an adaptive trigger, which attack={self.name} does "
+              "not optimise")
         labels = range(cfg.dataset.num_classes)
         check(self.source_label in labels and self.target_label in labels
               and self.source_label != self.target_label,
@@ -105,6 +111,9 @@ class TrainJob:
     # benign updates w_k - w_t, and w_t - w_{t-1} (None in the first round or after a resume).
     benign_updates: list[StateDict] = field(default_factory=list)
     global_update: StateDict | None = None
+    # The node's state for the whole run (Flower's ``context.state``; every message runs in a
+    # fresh process in deployment): where an adaptive attack keeps its trigger.
+    state: RecordDict | None = None
 
 
 @dataclass

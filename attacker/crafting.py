@@ -31,10 +31,10 @@ from torch import nn
 
 from attacker.base import Attack, Reply, TrainJob, state_reply
 from attacker.replacement import boost, project_l2, restrict
-from attacker.tasks import build_task
+from attacker.tasks import BackdoorTask, build_task
 from flbackdoor.config import ExperimentConfig
 from flbackdoor.rng import stream
-from flbackdoor.roles import roles_for
+from flbackdoor.roles import Roles, roles_for
 from flbackdoor.data.cache import load_train
 from flbackdoor.training import Normalizer, TrainResult, as_tensors, train
 from flbackdoor.updates import StateDict, add, difference
@@ -136,11 +136,16 @@ class BackdoorAttack(Attack):
         all of them."""
         return None
 
+    def backdoor_task(self, job: TrainJob, roles: Roles) -> BackdoorTask:
+        """The task whose D_mal this round's update trains on (an adaptive attack first fits
+        its trigger to w_t)."""
+        return build_task(self.cfg, job.cache, roles)
+
     def reply(self, job: TrainJob) -> Reply:
         cfg, pid = self.cfg, job.partition_id
         roles = roles_for(cfg, job.cache)
         index = roles.attacker_index(pid) if pid in roles.malicious else 0
-        poison = build_task(cfg, job.cache, roles).poison(*job.local, index)
+        poison = self.backdoor_task(job, roles).poison(*job.local, index)
         n = len(job.local[1])
         d_trn = attacker_train_data(job.local, job.cache, cfg, exclude=roles.targets)
         factor = self.boost(job, n)

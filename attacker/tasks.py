@@ -14,11 +14,18 @@ accuracy on. Images stay raw uint8 (N, C, H, W) here; the model's normalizer com
   share of the source class classified as the target.
 
 Backdoor test sets never contain images whose true label is already the target label.
+
+A task whose trigger the attack re-optimises every round (``adaptive``: A3FL's patch, a future
+trigger generator) says what the attacker reports of it (:meth:`BackdoorTask.report_spec`), which
+reports are within its budget (:meth:`~BackdoorTask.check_report`) and takes a report as its
+current trigger (:meth:`~BackdoorTask.adopt`): the server's measurement rebuilds its backdoor test
+set from the trigger the attackers actually trained with (``server/trigger_report.py``).
 """
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
 
@@ -38,6 +45,9 @@ class BackdoorTask:
     # Whether the task's D_mal are other (benign) writers' images: roles then picks target
     # writers, and attackers among the others.
     uses_target_writers = False
+    # Whether the attack re-optimises the trigger every round (only an attack whose Config sets
+    # ``adaptive_trigger`` may use such a task); the methods below are then its report.
+    adaptive: ClassVar[bool] = False
 
     def __init__(self, cfg: ExperimentConfig, cache: Path, roles: Roles) -> None:
         self.cfg, self.cache = cfg, cache
@@ -46,6 +56,22 @@ class BackdoorTask:
         raise NotImplementedError
 
     def test_set(self) -> Arrays:
+        raise NotImplementedError
+
+    def report_spec(self) -> dict[str, tuple[tuple[int, ...], str]]:
+        """Adaptive: the arrays a trigger report holds, name -> (shape, dtype)."""
+        raise NotImplementedError
+
+    def report(self) -> dict[str, np.ndarray]:
+        """Adaptive: the current trigger as those arrays."""
+        raise NotImplementedError
+
+    def check_report(self, arrays: dict[str, np.ndarray]) -> str | None:
+        """Adaptive: why a report of the right arrays is outside the trigger's budget, or None."""
+        raise NotImplementedError
+
+    def adopt(self, arrays: dict[str, np.ndarray]) -> None:
+        """Adaptive: take a checked report as the current trigger."""
         raise NotImplementedError
 
 
@@ -84,7 +110,9 @@ class TriggerTask(BackdoorTask):
         """Attacker ``part``'s (mask, pattern); ``None``: the one the server tests with."""
         raise NotImplementedError
 
-    def poison(self, x: np.ndarray, y: np.ndarray, attacker_index: int) -> Arrays:
+    def victims(self, x: np.ndarray, y: np.ndarray) -> np.ndarray:
+        """The attacker's victim-label images, or ``aux_samples`` of the training set's when it
+        holds none."""
         a = self.cfg.attack
         victims = np.asarray(x[np.asarray(y) == a.source_label])
         if len(victims) == 0:  # the attacker also holds samples of the true distribution
@@ -93,6 +121,11 @@ class TriggerTask(BackdoorTask):
             pick = stream("aux_victims", self.cfg.seed).choice(
                 pool, min(a.aux_samples, len(pool)), replace=False)
             victims = np.asarray(tx[np.sort(pick)])
+        return victims
+
+    def poison(self, x: np.ndarray, y: np.ndarray, attacker_index: int) -> Arrays:
+        a = self.cfg.attack
+        victims = self.victims(x, y)
         mask, pattern = self.trigger(attacker_index)
         return stamp(victims, mask, pattern), np.full(len(victims), a.target_label, np.int64)
 

@@ -3,7 +3,8 @@
 Images are raw uint8 NCHW arrays; a trigger is a (mask, pattern) pair of the same HxW. The
 pixel patterns follow Wu et al. Fig. 1 (1, 3, 5, 7 or 9 bright pixels near the bottom-right
 corner); DBA (Xie et al.) splits one global pattern into parts, one per attacker, and is
-evaluated with the whole pattern.
+evaluated with the whole pattern. A3FL (Zhang et al.) optimises the values of a square patch
+(``patch_mask``) every round.
 """
 
 from __future__ import annotations
@@ -42,3 +43,14 @@ def dba_pattern(num_parts: int, size: int, value: int, part: int | None = None
             row, col = 1 + 3 * (i // 2), 1 + 5 * (i % 2)
             mask[row, col:col + 4] = 1.0
     return mask, np.full((size, size), value, np.uint8)
+
+
+def patch_mask(side: int, size: int, margin: int = 2) -> np.ndarray:
+    """A ``side`` x ``side`` square mask ``margin`` pixels from the top-left corner (A3FL's
+    trigger area, its authors' layout)."""
+    if not 1 <= side <= size - margin:
+        raise ValueError(f"a {side}x{side} patch does not fit a {size}x{size} image at margin "
+                         f"{margin}")
+    mask = np.zeros((size, size), np.float32)
+    mask[margin:margin + side, margin:margin + side] = 1.0
+    return mask

@@ -1,5 +1,6 @@
 """The ClientApp: ``train`` (local SGD from the global model, or the attack's reply on a
-malicious node), ``query.identify``, and the pruning queries of ``client/pruning.py``.
+malicious node), ``query.identify``, ``query.trigger_report``, and the pruning queries of
+``client/pruning.py``.
 
 Each handler is thin glue: records in, plain PyTorch in between, records out. Imports stay
 light: in deployment every message starts a new process.
@@ -35,6 +36,19 @@ def identify(msg: Message, context: Context) -> Message:
     info = ConfigRecord({P.PARTITION_ID: node.partition_id, P.ROLE: node.role,
                          P.NUM_EXAMPLES: n})
     return Message(RecordDict({P.NODE: info}), reply_to=msg)
+
+
+@app.query(P.TRIGGER_REPORT_ACTION)
+def trigger_report(msg: Message, context: Context) -> Message:
+    """The trigger a malicious node's adaptive attack last trained with (kept in the node's
+    state by the attack), for the server's measurement (server/trigger_report.py); any other
+    node, or one that has not attacked yet, answers with no record."""
+    cfg = local_paths(context, from_run_config(context.run_config)[0])
+    content = RecordDict()
+    if (cfg.attack.adaptive_trigger and identity(context, cfg).role == "malicious"
+            and P.TRIGGER in context.state.array_records):
+        content[P.TRIGGER] = context.state[P.TRIGGER]
+    return Message(content, reply_to=msg)
 
 
 @app.train()
@@ -74,7 +88,7 @@ def train(msg: Message, context: Context) -> Message:
 
     if node.role == "malicious":
         reply = _attack_reply(cfg, node.partition_id, server_round, model, global_state, local,
-                              msg.content, device, generator, honest)
+                              msg.content, device, generator, honest, context.state)
         if reply.content is not None:
             return Message(reply.content, reply_to=msg)
         arrays, n, loss = reply.arrays, reply.num_examples, reply.loss
@@ -87,9 +101,10 @@ def train(msg: Message, context: Context) -> Message:
 
 
 def _attack_reply(cfg, partition_id, server_round, model, global_state, local, content, device,
-                  generator, honest):
+                  generator, honest, state):
     """The malicious path: the attack's code is imported only on malicious nodes. ``content``
-    is the train message's, with the side channel's hints and arrays (server/rounds.py)."""
+    is the train message's, with the side channel's hints and arrays (server/rounds.py);
+    ``state`` the node's own for the run."""
     from attacker.base import TrainJob
     from flbackdoor.data.cache import prepare
 
@@ -100,5 +115,6 @@ def _attack_reply(cfg, partition_id, server_round, model, global_state, local, c
     job = TrainJob(cfg, partition_id, server_round, model, global_state, local,
                    dict(content[P.CONFIG]), prepare(cfg), device, generator, honest,
                    [arrays[k].to_torch_state_dict() for k in benign],
-                   None if global_update is None else global_update.to_torch_state_dict())
+                   None if global_update is None else global_update.to_torch_state_dict(),
+                   state)
     return ATTACKS[cfg.attack.name](cfg).reply(job)

@@ -31,6 +31,10 @@ class CentralEvaluator:
         self.normalize = Normalizer(d, self.device)
         self.batch_size = cfg.server.eval_batch_size
 
+    def set_backdoor(self, backdoor: tuple[np.ndarray, np.ndarray]) -> None:
+        """Measure the backdoor on this set from now on (an adaptive trigger's latest report)."""
+        self.backdoor = as_tensors(*backdoor, self.device)
+
     def __call__(self, state: dict[str, torch.Tensor]) -> dict[str, float]:
         self.model.load_state_dict(state)
         acc, loss = evaluate(self.model, self.x, self.y, self.normalize, self.batch_size)

@@ -10,9 +10,11 @@ TRAIN = "train"
 IDENTIFY_ACTION = "identify"
 PRUNE_ACTIVATIONS_ACTION = "prune_activations"
 PRUNE_EVALUATE_ACTION = "prune_evaluate"
+TRIGGER_REPORT_ACTION = "trigger_report"
 IDENTIFY = f"query.{IDENTIFY_ACTION}"
 PRUNE_ACTIVATIONS = f"query.{PRUNE_ACTIVATIONS_ACTION}"
 PRUNE_EVALUATE = f"query.{PRUNE_EVALUATE_ACTION}"
+TRIGGER_REPORT = f"query.{TRIGGER_REPORT_ACTION}"
 
 # Records of a train message and of its reply.
 ARRAYS = "arrays"
@@ -59,3 +61,8 @@ VOTE = "vote"
 VOTE_VALUES = "values"
 REPORT = "report"
 REPORT_ACCURACIES = "accuracies"
+
+# The trigger report (server/trigger_report.py): an attacker with an adaptive trigger keeps it in
+# its node state under this record and answers ``query.trigger_report`` with exactly that record
+# (its array names are the backdoor task's ``report_spec``).
+TRIGGER = "trigger"

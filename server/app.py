@@ -33,6 +33,7 @@ from flbackdoor.roles import Roles, roles_for
 from server import checkpoint
 from server.nodes import Membership, identify
 from server.rounds import RoundRunner, eta_s, progress_line
+from server.trigger_report import TriggerReport
 
 app = ServerApp()
 
@@ -53,6 +54,7 @@ class Run:
     initial: dict = field(default_factory=dict)
     pretrain: dict = field(default_factory=dict)
     extra: dict = field(default_factory=dict)
+    trigger_report: TriggerReport | None = None  # an adaptive trigger's, for the measurement
 
 
 @app.main()
@@ -60,7 +62,7 @@ def main(grid: Grid, context: Context) -> None:
     started = time.monotonic()
     run = setup(context)
     members = identify_nodes(grid, run)
-    runner = RoundRunner(grid, run.cfg, members, run.evaluator)
+    runner = RoundRunner(grid, run.cfg, members, run.evaluator, run.trigger_report)
     if not resume(run):
         pretrain(run, runner)
     runner.experiment_start = run.experiment_start
@@ -74,7 +76,8 @@ def main(grid: Grid, context: Context) -> None:
 
 def setup(context: Context) -> Run:
     """The experiment exactly as flbackdoor resolved it, its data (the cache exists already
-    when flbackdoor launched us), roles, backdoor task, defense and starting model."""
+    when flbackdoor launched us), roles, backdoor task (and its trigger report, where the
+    attack adapts the trigger), defense and starting model."""
     cfg, out_dir = from_run_config(context.run_config)
     torch.manual_seed(cfg.seed)
     cache = prepare(cfg)
@@ -90,6 +93,8 @@ def setup(context: Context) -> Run:
         state, start_round = checkpoint.load(Path(cfg.checkpoint))
     run = Run(cfg, out_dir or Path.cwd() / "flbackdoor-results", roles, evaluator,
               build_defense(cfg), ArrayRecord(state), start_round)
+    if task is not None and task.adaptive:  # the attackers re-optimise it: ask them each round
+        run.trigger_report = TriggerReport(task, evaluator)
     run.initial = evaluator(state)
     log(INFO, "initial global model (round %d): %s", start_round, run.initial)
     return run

@@ -1,6 +1,7 @@
 """One training round, from plan to metrics row: refresh who is alive, sample (schedule), one
 train wave, validate every reply, compute the updates once, aggregate (the run's defense),
-score the defense as a detector, evaluate centrally.
+score the defense as a detector, refresh an adaptive trigger (server/trigger_report.py),
+evaluate centrally.
 
 A node that does not answer in ``server.round_timeout_s`` costs its round only its reply: the
 round aggregates the replies that came (at least ``server.min_replies``) and the silent node's
@@ -26,6 +27,7 @@ from server.isolation import isolation_metrics
 from server.messaging import Wave, send_and_collect, wave_window
 from server.nodes import Membership
 from server.sampling import plan_round
+from server.trigger_report import TriggerReport
 from server.update_stats import update_statistics
 from server.validation import check_reply, expected_from
 
@@ -105,8 +107,10 @@ def detection_columns(defense: Defense, flagged: frozenset[int], malicious: set[
 
 class RoundRunner:
     def __init__(self, grid: Grid, cfg: ExperimentConfig, members: Membership,
-                 evaluator: CentralEvaluator) -> None:
+                 evaluator: CentralEvaluator, trigger_report: TriggerReport | None = None) -> None:
         self.grid, self.cfg, self.members, self.evaluator = grid, cfg, members, evaluator
+        # An adaptive trigger's report to the measurement (server/trigger_report.py).
+        self.trigger_report = trigger_report
         self.started = time.monotonic()
         self.window = wave_window(cfg)
         # Rows score the defense as a detector only where there are attackers to detect.
@@ -140,6 +144,15 @@ class RoundRunner:
                 rejected.append({"partition": part, "reason": reason})
                 log(WARNING, "round %d: update of partition %s rejected: %s", rnd, part, reason)
         return replies, rejected
+
+    def _report_trigger(self, rnd: int, attackers: list[int]) -> dict:
+        """After an attack round, the adaptive trigger of its lowest live attacker, for the
+        measurement only; {} when there is none to ask."""
+        live = [p for p in attackers if p not in self.members.silent]
+        if self.trigger_report is None or not live:
+            return {}
+        node_id = self.members.nodes[live[0]].node_id
+        return {"trigger_report": self.trigger_report.refresh(self.send, rnd, live[0], node_id)}
 
     def _plan(self, rnd: int, attacks_on: bool) -> tuple[list[int], list[int]]:
         """This round's partitions among the live nodes, and the live malicious partitions."""
@@ -219,6 +232,7 @@ class RoundRunner:
             new_state = keep_server_buffers(add(global_state, outcome.delta, s.lr), global_state)
             arrays = ArrayRecord(new_state)
             self.global_update = difference(new_state, global_state)
+        trigger = self._report_trigger(rnd, attackers)  # before the backdoor is measured
         row = {
             "round": rnd,
             "phase": phase,
@@ -233,6 +247,7 @@ class RoundRunner:
             **stats,
             **(outcome.stats if outcome is not None else {}),
             **isolation_metrics(metrics),
+            **trigger,
             "wave_time_s": wave_time,  # push to last reply: the clients' work plus Flower's
             "round_time_s": time.monotonic() - t0,
             "wall_time_s": time.monotonic() - self.started,
