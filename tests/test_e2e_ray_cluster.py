@@ -1,0 +1,88 @@
+"""The Simulation Engine on a Ray cluster (``federation.ray_address``): a local two-node cluster
+(``ray start --head`` with no CPUs of its own, plus a second node with 2 CPUs) and a simulation
+that joins it. The ClientApp actors can only run on the second node, and Ray's global state says
+they did: the virtual clients ran in the cluster's workers, not in a private local Ray."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+import pytest
+
+from conftest import data_args, flbackdoor, requires_shared_data
+from launcher.federation.processes import descendants, free_port
+
+pytestmark = [requires_shared_data, pytest.mark.e2e]
+
+RAY = str(Path(sys.executable).parent / "ray")
+
+# What a test reads from the cluster: every node's CPUs and every ClientAppActor's node.
+CLUSTER_STATE = """
+import json, sys, ray
+from ray._private import state
+ray.init(address=sys.argv[1], logging_level="ERROR")
+nodes = {n["NodeID"]: n["Resources"].get("CPU", 0) for n in ray.nodes() if n["Alive"]}
+actors = [a["Address"]["NodeID"] for a in state.actors().values()
+          if a["ActorClassName"] == "ClientAppActor"]
+print(json.dumps({"nodes": nodes, "actors": actors}))
+"""
+
+
+def _kill_cluster(temp_dir: str) -> None:
+    """Only this test's cluster: the processes whose command line names its temp dir, and
+    everything below them (``ray stop`` would stop every Ray on the machine)."""
+    roots = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            if temp_dir.encode() in cmdline.read_bytes():
+                roots.append(int(cmdline.parent.name))
+        except OSError:
+            continue
+    for pid in [*descendants(roots), *roots]:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+@pytest.fixture
+def ray_cluster():
+    temp_dir = tempfile.mkdtemp(prefix="rc", dir="/tmp")  # short: Ray's socket paths
+    port = free_port()
+    env = {**os.environ, "RAY_USAGE_STATS_ENABLED": "0"}
+    try:
+        subprocess.run([RAY, "start", "--head", f"--port={port}", "--num-cpus=0",
+                        "--include-dashboard=false", f"--temp-dir={temp_dir}"],
+                       check=True, capture_output=True, env=env, timeout=180)
+        subprocess.run([RAY, "start", f"--address=127.0.0.1:{port}", "--num-cpus=2"],
+                       check=True, capture_output=True, env=env, timeout=180)
+        yield f"127.0.0.1:{port}"
+    finally:
+        _kill_cluster(temp_dir)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def test_the_virtual_clients_run_in_the_clusters_workers(tmp_path, cache_dir, ray_cluster):
+    import json
+
+    before = json.loads(subprocess.run([sys.executable, "-c", CLUSTER_STATE, ray_cluster],
+                                       capture_output=True, text=True, check=True,
+                                       timeout=120).stdout.splitlines()[-1])
+    assert sorted(before["nodes"].values()) == [0, 2] and before["actors"] == []
+    res = flbackdoor(["federation=simulation", f"federation.ray_address={ray_cluster}",
+                      *data_args(cache_dir), "num_clients=2", "clients_per_round=2",
+                      "num_rounds=1", "dataset.max_train_samples=1000",
+                      "server.eval_max_samples=500", f"hydra.run.dir={tmp_path}"])
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    assert json.loads((tmp_path / "summary.json").read_text())["rounds"] == 1
+    after = json.loads(subprocess.run([sys.executable, "-c", CLUSTER_STATE, ray_cluster],
+                                      capture_output=True, text=True, check=True,
+                                      timeout=120).stdout.splitlines()[-1])
+    worker = next(n for n, cpus in after["nodes"].items() if cpus == 2)
+    assert after["actors"] and set(after["actors"]) == {worker}, after
