@@ -1,0 +1,40 @@
+"""The newer attacks from real malicious SuperNode processes (local deployment): what the
+testbed's side channel hands an attacker crosses the process boundary, and the attack acts."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from flbackdoor.results import read_metrics
+
+from conftest import data_args, flbackdoor, requires_shared_data
+
+pytestmark = [requires_shared_data, pytest.mark.e2e]
+
+
+def run(tmp_path, cache_dir, *extra):
+    args = [*data_args(cache_dir), "num_clients=4", "clients_per_round=4",
+            "dataset.max_train_samples=4000", "server.eval_max_samples=1000",
+            "attack.num_malicious=1", "attack.schedule=random", f"hydra.run.dir={tmp_path}",
+            *extra]
+    res = flbackdoor(args, timeout=900)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    (attacker,) = summary["roles"]["malicious"]
+    log = (tmp_path / "logs" / f"supernode-{attacker}.log").read_text()
+    return read_metrics(tmp_path / "metrics.jsonl"), summary, log
+
+
+def test_neurotoxin_from_a_malicious_process_gets_the_last_global_update(tmp_path, cache_dir):
+    rows, summary, log = run(tmp_path, cache_dir, "num_rounds=3", "attack=neurotoxin",
+                             "attack.task=pixel_pattern", "attack.source_label=9",
+                             "attack.target_label=0", "attack.norm_bound=10")
+    assert [r["num_malicious"] for r in rows] == [1, 1, 1]
+    # Round 1 has no last global update (the attacker falls back on its own, and says so);
+    # rounds 2 and 3 got w_t - w_{t-1} from the server in their train message.
+    assert log.count("no last global update") == 1, log[-3000:]
+    assert log.count("Receiving: train message") == 3
+    assert all(r["max_malicious_norm"] <= 10 * (1 + 1e-4) for r in rows), rows
+    assert rows[-1]["backdoor_accuracy"] > 0.5, rows
