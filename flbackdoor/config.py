@@ -9,6 +9,7 @@ dataclasses with :func:`from_dict`, without importing Hydra.
 from __future__ import annotations
 
 import dataclasses
+import importlib.util
 import ipaddress
 import json
 import typing
@@ -309,10 +310,10 @@ def _check_plaintext(f: FederationConfig) -> None:
 def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     """Raise :class:`ConfigError` on the first value that cannot run; return ``cfg``."""
     DATASETS[cfg.dataset.name], MODELS[cfg.model.name], PARTITIONERS[cfg.partition.name]
-    TRACKERS[cfg.tracking.name]
-    from flbackdoor.tracking import check_tracker
-
-    check_tracker(cfg.tracking)
+    # A tracker's package is an optional dependency: missing, the run fails here, not later.
+    need = TRACKERS[cfg.tracking.name].requires
+    check(not need or importlib.util.find_spec(need) is not None,
+          f"tracking={cfg.tracking.name} needs the {need} package: pip install -e '.[track]'")
     one_of("federation.mode", cfg.federation.mode, FEDERATIONS)
     one_of("device", cfg.device, DEVICES)
     # A defense-only run (pruning a checkpoint) may train no round.

@@ -9,14 +9,13 @@ at step ``round``; lists, flags and strings stay in ``metrics.jsonl``.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from logging import WARNING
 from pathlib import Path
 
 from flwr.common.logger import log
 
-from flbackdoor.config import TrackingConfig, check
+from flbackdoor.config import TrackingConfig
 from flbackdoor.registries import TRACKERS
 
 TENSORBOARD_DIR = "tensorboard"  # in the run's output folder
@@ -112,13 +111,6 @@ class MlflowTracker(Tracker):
                      if isinstance(v, (int, float)) and not isinstance(v, bool)}
             self.mlflow.log_metrics(final)
         self.mlflow.end_run()
-
-
-def check_tracker(cfg: TrackingConfig) -> None:
-    """Fail before any process starts when the tracker's package is not installed."""
-    need = TRACKERS[cfg.name].requires
-    check(not need or importlib.util.find_spec(need) is not None,
-          f"tracking={cfg.name} needs the {need} package: pip install -e '.[track]'")
 
 
 class SafeTracker:
