@@ -9,10 +9,9 @@ from dataclasses import dataclass
 import torch
 
 from attacker.base import TrainJob
-from attacker.untargeted import UntargetedAttack, UntargetedConfig, as_matrix
+from attacker.untargeted import UntargetedAttack, UntargetedConfig, as_matrix, honest_update
 from flbackdoor.config import ExperimentConfig, check
 from flbackdoor.registries import ATTACKS
-from flbackdoor.updates import difference
 
 
 def flip(update: torch.Tensor, scale: float) -> torch.Tensor:
@@ -34,6 +33,5 @@ class SignFlip(UntargetedAttack):
     Config = SignFlipConfig
 
     def delta(self, job: TrainJob, names: list[str]) -> tuple[torch.Tensor, float]:
-        state, result = job.honest()
-        honest = as_matrix([difference(state, job.global_state)], names)[0]
-        return flip(honest, self.config.scale), result.loss
+        update, result = honest_update(job)
+        return flip(as_matrix([update], names)[0], self.config.scale), result.loss

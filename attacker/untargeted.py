@@ -28,7 +28,7 @@ from flwr.common.logger import log
 from attacker.base import Attack, AttackConfig, Reply, TrainJob
 from flbackdoor import protocol as P
 from flbackdoor.config import ExperimentConfig, check
-from flbackdoor.training import Normalizer, as_tensors, evaluate
+from flbackdoor.training import Normalizer, TrainResult, as_tensors, evaluate
 from flbackdoor.updates import StateDict, add, difference, flatten, unflatten
 
 
@@ -63,6 +63,12 @@ def parameter_names(job: TrainJob) -> list[str]:
 def as_matrix(updates: list[StateDict], names: list[str]) -> torch.Tensor:
     """The updates' ``names`` entries as rows of one (k, d) float32 matrix, on the CPU."""
     return flatten([{k: u[k].detach().cpu() for k in names} for u in updates])
+
+
+def honest_update(job: TrainJob) -> tuple[StateDict, TrainResult]:
+    """What a benign node would send, as the update w - w_t (on the CPU, where w_t is)."""
+    state, result = job.honest()
+    return difference({k: v.detach().cpu() for k, v in state.items()}, job.global_state), result
 
 
 def own_loss(job: TrainJob) -> float:
@@ -108,8 +114,7 @@ class OmniscientAttack(UntargetedAttack):
         log(WARNING, "attack=%s, round %d: no benign update reached partition %d; its own "
             "honest update stands in for them", self.config.name, job.server_round,
             job.partition_id)
-        state, _ = job.honest()
-        return as_matrix([difference(state, job.global_state)], names)
+        return as_matrix([honest_update(job)[0]], names)
 
     def delta(self, job: TrainJob, names: list[str]) -> tuple[torch.Tensor, float]:
         loss = own_loss(job)  # first: the fallback's honest() trains the model away from w_t
