@@ -38,3 +38,20 @@ def test_neurotoxin_from_a_malicious_process_gets_the_last_global_update(tmp_pat
     assert log.count("Receiving: train message") == 3
     assert all(r["max_malicious_norm"] <= 10 * (1 + 1e-4) for r in rows), rows
     assert rows[-1]["backdoor_accuracy"] > 0.5, rows
+
+
+def test_ipm_from_a_malicious_process_reads_the_rounds_benign_updates(tmp_path, cache_dir):
+    # epsilon = 4 against plain FedAvg with 3 benign nodes: the average steps by
+    # (3 - 4) / 4 = -1/4 of the benign mean, backwards, every round (Xie et al., section 4).
+    rows, summary, log = run(tmp_path, cache_dir, "num_rounds=2", "attack=ipm",
+                             "attack.epsilon=4")
+    assert [r["num_malicious"] for r in rows] == [1, 1]
+    # The attacker was asked once the benign replies were in, and got them: it never fell back
+    # on its own honest update.
+    assert log.count("Receiving: train message") == 2
+    assert "no benign update reached" not in log, log[-3000:]
+    # Its update is 4 times the mean of three benign updates: between 4/3 and 4 times the
+    # largest benign norm, far above the benign ones.
+    assert all(r["max_malicious_norm"] > 1.2 * r["benign_norm_p90"] for r in rows), rows
+    assert rows[-1]["main_accuracy"] < 0.3, rows  # honest training gets > 0.8 in 2 rounds
+    assert "backdoor_accuracy" not in rows[-1]
