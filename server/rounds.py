@@ -145,6 +145,38 @@ class RoundRunner:
                 log(WARNING, "round %d: update of partition %s rejected: %s", rnd, part, reason)
         return replies, rejected
 
+    def _train_wave(self, rnd: int, messages: list[Message], plan: list[int],
+                    attackers: list[int], expected, global_state: dict
+                    ) -> tuple[Wave, list, list[dict]]:
+        """Send the round's train messages and validate the replies. The round's attackers get
+        the side channel (``with_attacker_hints``); an omniscient attack's attackers are asked
+        once the benign replies are in, with those validated updates."""
+        if not attackers:
+            wave = self.send(messages)
+            return (wave, *self._validated(rnd, wave, expected))
+        nodes = self.members.nodes
+        log(INFO, "round %d: malicious partitions sampled: %s", rnd, attackers)
+        attacker_ids = {nodes[p].node_id for p in attackers}
+        hints = {P.ATTACK_ROUND_EXAMPLES: sum(nodes[p].num_examples for p in plan),
+                 P.ATTACK_NUM_ATTACKERS: len(attackers)}
+        records = {}
+        if self.cfg.attack.reads_global_update and self.global_update is not None:
+            records[P.ATTACK_GLOBAL_UPDATE] = ArrayRecord(self.global_update)
+        if not self.cfg.attack.omniscient:
+            wave = self.send(with_attacker_hints(messages, attacker_ids, hints, records))
+            return (wave, *self._validated(rnd, wave, expected))
+        benign = self.send([m for m in messages if m.metadata.dst_node_id not in attacker_ids])
+        replies, rejected = self._validated(rnd, benign, expected)
+        records.update(benign_update_records(
+            [difference(reply_arrays(m).to_torch_state_dict(), global_state)
+             for _, m in sorted(replies, key=lambda pm: pm[0])]))
+        rest = [m for m in messages if m.metadata.dst_node_id in attacker_ids]
+        malicious = self.send(with_attacker_hints(rest, attacker_ids, hints, records))
+        more, refused = self._validated(rnd, malicious, expected)
+        wave = Wave(benign.replies + malicious.replies, benign.missing + malicious.missing,
+                    {**benign.errors, **malicious.errors})
+        return wave, replies + more, rejected + refused
+
     def _report_trigger(self, rnd: int, attackers: list[int]) -> dict:
         """After an attack round, the adaptive trigger of its lowest live attacker, for the
         measurement only; {} when there is none to ask."""
@@ -177,38 +209,12 @@ class RoundRunner:
         if not plan:
             log(WARNING, "round %d: no live node to train with", rnd)
         attackers = [p for p in plan if p in malicious]
-        attacker_ids = {nodes[p].node_id for p in attackers}
         messages = train_messages(rnd, arrays, [nodes[p].node_id for p in plan])
         global_state = arrays.to_torch_state_dict()
         expected = expected_from(arrays, s.max_examples, s.max_update_bytes, s.max_update_norm)
         sent = time.monotonic()
-        if not attackers:
-            wave = self.send(messages)
-            replies, rejected = self._validated(rnd, wave, expected)
-        else:
-            log(INFO, "round %d: malicious partitions sampled: %s", rnd, attackers)
-            hints = {P.ATTACK_ROUND_EXAMPLES: sum(nodes[p].num_examples for p in plan),
-                     P.ATTACK_NUM_ATTACKERS: len(attackers)}
-            records = {}
-            if self.cfg.attack.reads_global_update and self.global_update is not None:
-                records[P.ATTACK_GLOBAL_UPDATE] = ArrayRecord(self.global_update)
-            if self.cfg.attack.omniscient:
-                # The benign nodes train first; their validated updates go to the attackers.
-                wave = self.send([m for m in messages
-                                  if m.metadata.dst_node_id not in attacker_ids])
-                replies, rejected = self._validated(rnd, wave, expected)
-                records.update(benign_update_records(
-                    [difference(reply_arrays(m).to_torch_state_dict(), global_state)
-                     for _, m in sorted(replies, key=lambda pm: pm[0])]))
-                rest = [m for m in messages if m.metadata.dst_node_id in attacker_ids]
-                second = self.send(with_attacker_hints(rest, attacker_ids, hints, records))
-                more, refused = self._validated(rnd, second, expected)
-                replies, rejected = replies + more, rejected + refused
-                wave = Wave(wave.replies + second.replies, wave.missing + second.missing,
-                            {**wave.errors, **second.errors})
-            else:
-                wave = self.send(with_attacker_hints(messages, attacker_ids, hints, records))
-                replies, rejected = self._validated(rnd, wave, expected)
+        wave, replies, rejected = self._train_wave(rnd, messages, plan, attackers, expected,
+                                                   global_state)
         wave_time = time.monotonic() - sent
         # Partition order, so the float sums do not depend on which reply came first.
         replies.sort(key=lambda pm: pm[0])
