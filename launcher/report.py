@@ -133,8 +133,10 @@ def plot(groups: list[Group], path: Path) -> None:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(8, 4.5))
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
     colors = plt.rcParams["axes.prop_cycle"].by_key()["color"]
     for i, g in enumerate(groups):
         color = colors[i % len(colors)]
