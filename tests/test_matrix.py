@@ -30,9 +30,9 @@ def test_every_row_and_column_of_the_matrix_composes_and_validates():
             assert cfg.attack.num_malicious == 0
         else:
             assert (cfg.attack.num_malicious, cfg.attack.schedule) == (2, "random")
-            # DBA splits its trigger, label flipping has none, A3FL optimises its own patch;
-            # the others use the pattern.
-            own = {"dba": "dba", "label_flip": "label_flip", "a3fl": "a3fl"}
+            # DBA splits its trigger, label flipping has none, A3FL optimises its own patch,
+            # IBA its own generator; the others use the pattern.
+            own = {"dba": "dba", "label_flip": "label_flip", "a3fl": "a3fl", "iba": "iba"}
             assert cfg.attack.task == own.get(attack, "pixel_pattern")
 
 
