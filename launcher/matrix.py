@@ -146,6 +146,8 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="flbackdoor-matrix", description=__doc__.split("\n")[0])
     ap.add_argument("sweep_dir", type=Path, help="the matrix sweep folder (e.g. matrix/cpu)")
     ap.add_argument("-o", "--out", type=Path, help="where to write (default: the sweep folder)")
+    ap.add_argument("--attacks", help="only these columns, comma-separated (default: every "
+                                      "registered attack and no attack)")
     args = ap.parse_args(argv)
     if not args.sweep_dir.is_dir():
         ap.error(f"{args.sweep_dir} is not a folder")
@@ -155,6 +157,12 @@ def main(argv: list[str] | None = None) -> None:
     out = args.out or args.sweep_dir
     out.mkdir(parents=True, exist_ok=True)
     rows, cols = axes(cells)
+    if args.attacks:
+        wanted = args.attacks.split(",")
+        unknown = [a for a in wanted if a not in cols]
+        if unknown:
+            ap.error(f"no attack {', '.join(unknown)}; attacks: {', '.join(cols)}")
+        cols = [a for a in cols if a in wanted]
     (out / "matrix.md").write_text(markdown(cells, rows, cols))
     write_csv(cells, out / "matrix.csv")
     heatmap(cells, rows, cols, out / "matrix.png")

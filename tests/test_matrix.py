@@ -73,6 +73,11 @@ def test_report_cells_effects_and_missing_cells(tmp_path):
     matrix_main([str(tmp_path)])
     assert (tmp_path / "matrix.png").stat().st_size > 0
     assert (tmp_path / "matrix.csv").read_text().count("\n") == 6
+    matrix_main([str(tmp_path), "--attacks", "none,boosted", "-o", str(tmp_path / "two")])
+    head = (tmp_path / "two" / "matrix.md").read_text().splitlines()[0]
+    assert head == "| defense | none | boosted |"
+    with pytest.raises(SystemExit):
+        matrix_main([str(tmp_path), "--attacks", "boostd"])
 
 
 @requires_shared_data
