@@ -69,12 +69,8 @@ def test_complement_loss_is_minus_log_one_minus_p_and_stays_finite():
 
 
 @pytest.fixture(autouse=True)
-def one_thread():
+def _one_thread(one_thread):
     """Tiny models: thread hand-offs would cost more than the math on a busy machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _toy(n=200, seed=0):

@@ -25,16 +25,8 @@ from flbackdoor.training import Normalizer
 from server.messaging import send_and_collect
 from server.trigger_report import TriggerReport
 
-pytestmark = pytest.mark.usefixtures("run_identity")
+pytestmark = pytest.mark.usefixtures("run_identity", "one_thread")
 
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: threads only add contention on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 SIZE = 28
 TINY = ModelConfig(name="wu_mnist_cnn", conv_channels=[4, 8], hidden=[16])

@@ -28,16 +28,7 @@ from flbackdoor.updates import difference, global_norm
 from server.messaging import send_and_collect
 from server.trigger_report import TriggerReport
 
-pytestmark = pytest.mark.usefixtures("run_identity")
-
-
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: threads only add contention on a shared machine."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("run_identity", "one_thread")
 
 
 SIZE = 28
