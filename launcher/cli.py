@@ -74,7 +74,9 @@ def run(dcfg: DictConfig) -> dict:
 
         from launcher.sweep import finished_run
 
-        if (done := finished_run(run_dir, asdict(cfg))) is not None:
+        defaults = asdict(ExperimentConfig(attack={"name": cfg.attack.name},
+                                           defense={"name": cfg.defense.name}))
+        if (done := finished_run(run_dir, asdict(cfg), defaults)) is not None:
             log.info("skip_done: %s already holds this experiment's finished run", run_dir)
             return done
     if cfg.federation.mode != "remote":  # remote data lives on the SuperLink's host

@@ -22,19 +22,37 @@ ERROR_FILE = "error.txt"  # a failed job's one-line reason, beside its .hydra/
 REMOTE_RESULTS_FILE = "remote_results.txt"
 
 # What may differ between two runs of the same experiment: where the data and the processes
-# were, and how the run was asked for.
-_NOT_THE_EXPERIMENT = ("data", "federation", "device", "resume", "skip_done")
+# were, how the run was asked for, and where its figures were also sent.
+_NOT_THE_EXPERIMENT = ("data", "federation", "device", "resume", "skip_done", "tracking")
 
 
-def same_experiment(a: dict, b: dict) -> bool:
-    """Whether two resolved configs (``asdict`` form) describe the same experiment."""
-    return ({k: v for k, v in a.items() if k not in _NOT_THE_EXPERIMENT}
-            == {k: v for k, v in b.items() if k not in _NOT_THE_EXPERIMENT})
+def _same(stored: dict, now: dict, defaults: dict) -> bool:
+    for key in stored.keys() | now.keys():
+        if key not in stored:  # an option added since the run: the same if left at its default
+            if key not in defaults or defaults[key] != now[key]:
+                return False
+        elif key not in now:
+            return False
+        elif isinstance(stored[key], dict) and isinstance(now[key], dict):
+            if not _same(stored[key], now[key], defaults.get(key) or {}):
+                return False
+        elif stored[key] != now[key]:
+            return False
+    return True
 
 
-def finished_run(run_dir: Path, config: dict) -> dict | None:
+def same_experiment(stored: dict, now: dict, defaults: dict | None = None) -> bool:
+    """Whether a run's resolved config (``asdict`` form) describes the experiment ``now``. A
+    key ``now`` has and the run's config lacks (an option added to the code since) counts as
+    the same where ``now`` holds its value in ``defaults``."""
+    keep = lambda c: {k: v for k, v in c.items() if k not in _NOT_THE_EXPERIMENT}  # noqa: E731
+    return _same(keep(stored), keep(now), defaults or {})
+
+
+def finished_run(run_dir: Path, config: dict, defaults: dict | None = None) -> dict | None:
     """The summary of the finished run of experiment ``config`` in ``run_dir``, if there is one
-    (a rerun of a resumable sweep keeps it instead of measuring it again)."""
+    (a rerun of a resumable sweep keeps it instead of measuring it again); ``defaults``: the
+    config's defaults, for options added since the run."""
     path = run_dir / "summary.json"
     if not path.exists():
         return None
@@ -42,7 +60,7 @@ def finished_run(run_dir: Path, config: dict) -> dict | None:
         summary = json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
-    return summary if same_experiment(summary.get("config", {}), config) else None
+    return summary if same_experiment(summary.get("config", {}), config, defaults) else None
 
 
 # Blocks of summary.json that are not figures of the run.

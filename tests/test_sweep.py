@@ -44,6 +44,18 @@ def test_same_experiment_ignores_where_and_how_not_what():
     assert same_experiment(a, b)
     assert not same_experiment(a, dict(a, seed=1))
     assert not same_experiment(a, dict(a, defense={"name": "krum"}))
+    assert same_experiment(a, dict(a, tracking={"name": "tensorboard"}))
+
+
+def test_an_option_added_since_the_run_counts_only_at_its_default():
+    stored = {"seed": 0, "attack": {"name": "boosted", "num_malicious": 2}}
+    defaults = {"seed": 0, "attack": {"name": "boosted", "num_malicious": 1, "stop_round": 0}}
+    now = {"seed": 0, "attack": {"name": "boosted", "num_malicious": 2, "stop_round": 0}}
+    assert same_experiment(stored, now, defaults)
+    assert not same_experiment(stored, now)  # no defaults known: a new key differs
+    assert not same_experiment(stored, {"seed": 0, "attack": {**now["attack"], "stop_round": 4}},
+                               defaults)
+    assert not same_experiment({**stored, "removed_option": 1}, now, defaults)
 
 
 def test_every_number_of_a_summary_is_a_figure():
