@@ -80,10 +80,9 @@ class A3FLConfig(DataPoisoningConfig):
     adv_lr: float = 0.01  # the adversarial model's learning rate
     lambda0: float = 0.01  # lambda_0: weight of the adversarial model's loss
     adaptive_trigger: ClassVar[bool] = True
+    own_task: ClassVar[str] = "a3fl"
 
     def check(self, cfg: ExperimentConfig) -> None:
-        check(self.task == "a3fl", f"attack=a3fl optimises its own patch trigger: attack.task="
-                                   f"{self.task!r} must be a3fl")
         super().check(cfg)
         size = cfg.dataset.image_size
         check(1 <= self.trigger_size <= size - 2,

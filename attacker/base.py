@@ -62,9 +62,15 @@ class AttackConfig:
     # the node's state and reports it to the server's measurement (server/trigger_report.py);
     # only such an attack may use a task whose trigger is adaptive.
     adaptive_trigger: ClassVar[bool] = False
+    # The backdoor task the attack is built around (DBA's split trigger, A3FL's patch, IBA's
+    # generator); "": any registered task.
+    own_task: ClassVar[str] = ""
 
     def check(self, cfg: ExperimentConfig) -> None:
         """Raise ConfigError on a value this attack cannot run with."""
+        check(not self.own_task or self.task == self.own_task,
+              f"attack={self.name} needs its own backdoor task: attack.task={self.task!r} must "
+              f"be {self.own_task}")
         one_of("attack.schedule", self.schedule, SCHEDULES)
         one_of("attack.data_mix", self.data_mix, ("union", "alternate"))
         check(not TASKS[self.task].adaptive or self.adaptive_trigger,

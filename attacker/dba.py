@@ -10,9 +10,9 @@ The split is the ``dba`` backdoor task (``attacker/tasks.py``), which ``attack=d
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import ClassVar
 
 from attacker.data_poisoning import DataPoisoning, DataPoisoningConfig
-from flbackdoor.config import ExperimentConfig, check
 from flbackdoor.registries import ATTACKS
 
 
@@ -22,11 +22,7 @@ class DBAConfig(DataPoisoningConfig):
     num_malicious: int = 4
     schedule: str = "random"
     task: str = "dba"
-
-    def check(self, cfg: ExperimentConfig) -> None:
-        check(self.task == "dba", f"attack=dba splits the pixel trigger into parts: attack.task="
-                                  f"{self.task!r} must be dba")
-        super().check(cfg)
+    own_task: ClassVar[str] = "dba"
 
 
 @ATTACKS.register("dba")

@@ -84,10 +84,9 @@ class IBAConfig(NormBoundedConfig):
     gen_lr: float = 0.01  # the generator's Adam learning rate
     gen_width: int = 16  # channels of the generator's first conv (the second has twice as many)
     adaptive_trigger: ClassVar[bool] = True
+    own_task: ClassVar[str] = "iba"
 
     def check(self, cfg: ExperimentConfig) -> None:
-        check(self.task == "iba", f"attack=iba trains its own trigger generator: attack.task="
-                                  f"{self.task!r} must be iba")
         super().check(cfg)
         check(0 < self.trigger_eps <= 1, f"attack.trigger_eps={self.trigger_eps} must be in (0, 1]")
         check(self.gen_epochs >= 1, f"attack.gen_epochs={self.gen_epochs} must be at least 1")

@@ -41,6 +41,7 @@ def test_json_round_trip_is_lossless():
     ("attack=malformed attack.malformed_kind=garbage",
      "attack.malformed_kind='garbage' is not one of"),
     ("attack=boosted attack.task=edge_case", "attack.task='edge_case' is not registered"),
+    ("attack=dba attack.task=pixel_pattern", "attack.task='pixel_pattern' must be dba"),
     ("attack=boosted attack.boost_factor=big", "attack=boosted: Value 'big' of type"),
     ("+attack.surprise=1", "attack=none: Key 'surprise' not in"),
     ("attack=none attack.num_malicious=2", "attack=none has no malicious nodes"),
