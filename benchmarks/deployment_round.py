@@ -1,54 +1,76 @@
-"""Deployment round overhead on loopback, and the peak memory of the server and of a client.
+"""Deployment round overhead on loopback, warm ClientApp runners beside Flower's cold path, and
+the peak memory of the server and of the client side.
 
-    python benchmarks/deployment_round.py [--nodes 3 10] [--rounds N] [--quick]
+    python benchmarks/deployment_round.py [--nodes 3 10] [--rounds N] [--paths cold warm]
+                                          [--quick] [hydra overrides...]
 
 A local deployment (SuperLink + one SuperNode process per client, gRPC on loopback) with
 near-zero compute: every client holds one batch of MNIST and trains one epoch. Overhead of a
 round = its wall time minus the slowest client's compute (measured here, without Flower, on the
-same partitions). While the run goes, the peak resident memory (VmHWM) of the ServerApp process
-and of every ClientApp process is sampled from /proc.
+same partitions). Each path is the same experiment with ``federation.warm_clientapps`` false
+(Flower's new ``flwr-clientapp`` process per message) or true (one warm runner per SuperNode),
+run one after the other in this one invocation. The identify wave is the ServerApp's
+``identify_s`` (summary.json). While a run goes, /proc is sampled for the peak resident memory
+(VmHWM) of the ServerApp and of one client-side process, and for the largest sum of the
+client-side processes' resident memory at one moment (every ClientApp process alive then, or
+every warm runner).
 """
 
 from __future__ import annotations
 
+import json
 import threading
 from pathlib import Path
 
 from common import experiment, floor_seconds, machine, median, parser, run_flbackdoor, scratch
 
 BATCH = 32
+PATHS = {"cold": "federation.warm_clientapps=false", "warm": "federation.warm_clientapps=true"}
+
+
+def _status_kib(proc: Path, field: str) -> float:
+    line = next(x for x in (proc / "status").read_text().splitlines() if x.startswith(field))
+    return int(line.split()[1])
 
 
 class PeakMemory(threading.Thread):
-    """Largest VmHWM (MiB) seen per kind of Flower process whose FLWR_HOME lies in ``run_dir``."""
+    """Peak memory (MiB) of the Flower processes whose FLWR_HOME lies in ``run_dir``."""
 
-    KINDS = {"server": "flwr-serverapp", "client": "flwr-clientapp"}
+    KINDS = {"server": ("flwr-serverapp",),
+             "client": ("flwr-clientapp", "flbackdoor-clientapp-runner")}
 
     def __init__(self, run_dir: Path, interval_s: float = 0.05) -> None:
         super().__init__(daemon=True)
         self.marker = f"FLWR_HOME={run_dir}".encode()
-        self.interval_s, self.peak = interval_s, {k: 0.0 for k in self.KINDS}
+        self.interval_s = interval_s
+        self.peak = {k: 0.0 for k in self.KINDS}  # one process's VmHWM
+        self.client_total = 0.0  # the client-side processes' VmRSS at one moment, summed
         self.stopped = threading.Event()
+
+    def _kind(self, cmd: bytes) -> str | None:
+        return next((k for k, names in self.KINDS.items()
+                     if any(n.encode() in cmd for n in names)), None)
 
     def run(self) -> None:
         while not self.stopped.wait(self.interval_s):
+            total = 0.0
             for proc in Path("/proc").glob("[0-9]*"):
                 try:
-                    cmd = (proc / "cmdline").read_bytes()
-                    kind = next((k for k, n in self.KINDS.items() if n.encode() in cmd), None)
+                    kind = self._kind((proc / "cmdline").read_bytes())
                     if kind is None or self.marker not in (proc / "environ").read_bytes():
                         continue
-                    hwm = next(line for line in (proc / "status").read_text().splitlines()
-                               if line.startswith("VmHWM"))
+                    hwm, rss = _status_kib(proc, "VmHWM") / 1024, _status_kib(proc, "VmRSS") / 1024
                 except (OSError, StopIteration):
                     continue
-                self.peak[kind] = max(self.peak[kind], int(hwm.split()[1]) / 1024)
+                self.peak[kind] = max(self.peak[kind], hwm)
+                total += rss if kind == "client" else 0.0
+            self.client_total = max(self.client_total, total)
 
 
-def measure(nodes: int, rounds: int, extra: list[str]) -> tuple[float, dict]:
+def measure(nodes: int, rounds: int, path: str, extra: list[str]) -> dict:
     overrides = ["federation=local", f"num_clients={nodes}", f"clients_per_round={nodes}",
                  f"num_rounds={rounds}", f"dataset.max_train_samples={nodes * BATCH}",
-                 f"client.batch_size={BATCH}", "server.eval_max_samples=500", *extra]
+                 f"client.batch_size={BATCH}", "server.eval_max_samples=500", PATHS[path], *extra]
     cfg = experiment(overrides)
     run_dir = scratch() / "run"
     memory = PeakMemory(run_dir)
@@ -62,24 +84,30 @@ def measure(nodes: int, rounds: int, extra: list[str]) -> tuple[float, dict]:
     overheads = []
     for row in rows:
         overheads.append(row["round_time_s"] - slowest)
-        print(f"{nodes} nodes, round {row['round']}: {row['round_time_s']:.2f} s "
+        print(f"{path}, {nodes} nodes, round {row['round']}: {row['round_time_s']:.2f} s "
               f"(slowest client's compute {slowest:.3f} s)")
-    return median(overheads), memory.peak
+    identify = json.loads((run_dir / "summary.json").read_text())["identify_s"]
+    return {"overhead": median(overheads), "identify": identify, "server": memory.peak["server"],
+            "client": memory.peak["client"], "client_total": memory.client_total}
 
 
 def main() -> None:
     ap = parser(__doc__)
     ap.add_argument("--nodes", type=int, nargs="+", default=[3, 10])
     ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--paths", nargs="+", choices=list(PATHS),
+                    help="default: both (--quick: warm only)")
     args = ap.parse_args()
-    nodes, rounds = ([3], 1) if args.quick else (args.nodes, args.rounds)
+    nodes, rounds = ([3], 2) if args.quick else (args.nodes, args.rounds)
+    paths = args.paths or (["warm"] if args.quick else list(PATHS))
     print(f"machine: {machine()}")
-    results = {n: measure(n, rounds, args.overrides) for n in nodes}
-    for n, (_, peak) in results.items():
-        print(f"peak memory with {n} nodes: server {peak['server']:.0f} MiB, "
-              f"one client {peak['client']:.0f} MiB")
+    results = {(n, p): measure(n, rounds, p, args.overrides) for n in nodes for p in paths}
+    for (n, p), r in results.items():
+        print(f"{p}, {n} nodes: overhead {r['overhead']:.2f} s a round, identify wave "
+              f"{r['identify']:.2f} s; peak memory: server {r['server']:.0f} MiB, one client-side "
+              f"process {r['client']:.0f} MiB, client side at once {r['client_total']:.0f} MiB")
     print("deployment round overhead: " + ", ".join(
-        f"{n} nodes {overhead:.2f} s" for n, (overhead, _) in results.items()))
+        f"{n} nodes {p} {r['overhead']:.2f} s" for (n, p), r in results.items()))
 
 
 if __name__ == "__main__":

@@ -129,6 +129,16 @@ class FederationConfig:
     startup_timeout_s: float = 120.0
     max_local_nodes: int = 64  # local starts one OS process per client
     superexec_poll_interval_s: float = 0.2  # FLWR_SUPEREXEC_TASK_POLL_INTERVAL (default 1 s)
+    # local, docker, compose: one long-lived ClientApp runner per SuperNode (supernode/
+    # clientapp_runner.py) instead of Flower's new process per message; false: Flower's own path
+    warm_clientapps: bool = True
+    # The SuperNode's sleep after a pull that found nothing (Flower's fixed 3 s); below 3 the
+    # node runs through flbackdoor-supernode (supernode/short_poll.py), which caps it
+    supernode_idle_poll_s: float = 3.0
+    # local: the SuperLink's state in <run>/superlink.db (SQLite) instead of memory. Off by
+    # default: on 2 cores its queries took 75-80% of a core and seconds of every round
+    # (docs/BENCHMARKS.md); a resumed run needs only the ServerApp's checkpoint
+    superlink_database: bool = False
     client_num_cpus: int = 1  # simulation: Ray CPUs per virtual client (Flower takes whole CPUs)
     client_num_gpus: float = 0.0
     # simulation: the CPUs this run's private Ray may use (0: every core); with a parallel
@@ -399,6 +409,11 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
             "federation=remote with insecure=false needs federation.root_certificates",
         )
     _check_plaintext(f)
+    check(0.01 <= f.supernode_idle_poll_s <= 3.0,
+          f"federation.supernode_idle_poll_s={f.supernode_idle_poll_s} must be in 0.01..3 "
+          "(3 is Flower's own sleep)")
+    check(0.01 <= f.superexec_poll_interval_s <= 60,
+          f"federation.superexec_poll_interval_s={f.superexec_poll_interval_s} must be in 0.01..60")
     if f.mode == "docker":
         one_of("federation.gpus", f.gpus, ("auto", "all", "none"))
         check(bool(f.image), "federation=docker needs federation.image (docker build -t NAME .)")

@@ -103,7 +103,9 @@ def setup(context: Context) -> Run:
 def identify_nodes(grid: Grid, run: Run) -> Membership:
     """Who is out there: partition id -> node (and its role)."""
     s = run.cfg.server
+    started = time.monotonic()
     nodes = identify(grid, run.cfg.num_clients, s.identify_timeout_s, s.poll_interval_s)
+    run.extra["identify_s"] = time.monotonic() - started  # the wave, waiting for nodes included
     if not nodes:
         raise RuntimeError("no node answered the identify query: nothing to train with")
     members = Membership(grid, nodes, run.cfg.num_clients, s.round_timeout_s, s.poll_interval_s,

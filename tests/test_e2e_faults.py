@@ -15,7 +15,8 @@ import pytest
 
 from flbackdoor.results import read_metrics
 
-from conftest import REPO, data_args, flbackdoor, flower_processes, requires_shared_data
+from conftest import (REPO, clientapp_runners, data_args, flbackdoor, flower_processes,
+                      requires_shared_data)
 
 pytestmark = [requires_shared_data, pytest.mark.e2e]
 
@@ -74,8 +75,6 @@ def test_supernodes_killed_mid_round_cost_only_their_replies(tmp_path, cache_dir
     """Three trials: in rounds 2-4 one SuperNode (each of the three once) is killed (SIGKILL)
     as the round starts and restarted right away as a new process; the run completes with every
     round aggregated."""
-    from launcher.federation.processes import free_port
-
     proc = subprocess.Popen(
         [sys.executable, "-m", "launcher.cli",
          *base(cache_dir, tmp_path, "num_rounds=4", "server.round_timeout_s=15")],
@@ -92,7 +91,8 @@ def test_supernodes_killed_mid_round_cost_only_their_replies(tmp_path, cache_dir
                     pid, argv, env = _supernode(victim)
                     os.killpg(pid, signal.SIGKILL)
                     killed_in.append(done + 1)
-                    argv[argv.index("--port") + 1] = str(free_port())
+                    # Same command, same Runtime API port: the node's warm ClientApp runner
+                    # (if any) finds it again there.
                     log = (tmp_path / f"restarted-{victim}-{done + 1}.log").open("wb")
                     restarted.append(subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT,
                                                       env=env, start_new_session=True))
@@ -111,6 +111,37 @@ def test_supernodes_killed_mid_round_cost_only_their_replies(tmp_path, cache_dir
     assert sum(r["missing_nodes"] for r in rows) == 3, rows
     assert all(r["num_clients"] >= 2 for r in rows)
     assert rows[-1]["main_accuracy"] > 0.7
+    time.sleep(2)
+    assert not flower_processes(tmp_path)
+
+
+def test_a_killed_clientapp_runner_is_restarted_and_the_run_completes(tmp_path, cache_dir):
+    """SIGKILL to one SuperNode's warm ClientApp runner after round 1 of 4: the launcher starts
+    it again, the run completes, and the last round has every node's reply."""
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "launcher.cli",
+         *base(cache_dir, tmp_path, "num_rounds=4", "server.round_timeout_s=90")],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    killed = None
+    try:
+        assert proc.stdout is not None
+        output = []
+        for line in proc.stdout:
+            output.append(line)
+            if killed is None and "[train round 1/4]" in line:
+                killed = next(iter(clientapp_runners(tmp_path)))
+                os.kill(killed, signal.SIGKILL)
+        assert proc.wait(timeout=60) == 0, "".join(output)[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert killed is not None
+    text = "".join(output)
+    assert "was killed by SIGKILL; see" in text and "restarting it (1 of at most" in text, text
+    rows = read_metrics(tmp_path / "metrics.jsonl")
+    assert [r["round"] for r in rows] == [1, 2, 3, 4]
+    assert rows[-1]["num_clients"] == 3, rows
+    assert killed not in clientapp_runners(tmp_path)
     time.sleep(2)
     assert not flower_processes(tmp_path)
 

@@ -67,17 +67,37 @@ def node_config(partition_id: int, num_partitions: int, role: str, data_root: st
     return cfg
 
 
+FLOWER_IDLE_POLL_S = 3.0  # the SuperNode's fixed sleep after an empty pull, in Flower 1.39
+
+
 def supernode_cmd(superlink: str, port: int, config: str, tls: Tls | None = None,
-                  auth_key: str = "") -> list[str]:
+                  auth_key: str = "", warm: bool = False,
+                  idle_poll_s: float = FLOWER_IDLE_POLL_S) -> list[str]:
     """A SuperNode dialing the Fleet API at ``superlink``; ``auth_key``: its private key (the
-    SuperLink must have its public key registered)."""
+    SuperLink must have its public key registered). ``warm``: it starts no SuperExec
+    (``--isolation process``); a :func:`clientapp_runner_cmd` beside it serves its ClientApp
+    tasks. ``idle_poll_s`` below Flower's 3 s: started through ``flbackdoor-supernode``, which
+    caps the node's sleeps (``supernode/short_poll.py``)."""
     if auth_key and tls is None:
         raise ValueError("SuperNode authentication needs TLS")
     security = ["--insecure"] if tls is None else ["--root-certificates", tls.ca]
-    cmd = ["flower-supernode", *security, "--superlink", superlink, "--port", str(port)]
+    cmd = (["flower-supernode"] if idle_poll_s >= FLOWER_IDLE_POLL_S
+           else ["flbackdoor-supernode", "--idle-poll-s", str(idle_poll_s)])
+    cmd += [*security, "--superlink", superlink, "--port", str(port)]
+    if warm:
+        cmd += ["--isolation", "process"]
     if auth_key:
         cmd += ["--auth-supernode-private-key", auth_key]
     return cmd + ["--node-config", config]
+
+
+def clientapp_runner_cmd(port: int, poll_interval_s: float, ready_file: str = "") -> list[str]:
+    """The warm ClientApp runner of the SuperNode whose Runtime API is on ``port`` of the same
+    host's loopback (``supernode/clientapp_runner.py``); ``ready_file``: touched once it has
+    imported PyTorch and the app."""
+    cmd = ["flbackdoor-clientapp-runner", "--runtime-api-address", f"127.0.0.1:{port}",
+           "--poll-interval", str(poll_interval_s)]
+    return cmd + (["--ready-file", ready_file] if ready_file else [])
 
 
 def node_name(partition_id: int, role: str) -> str:

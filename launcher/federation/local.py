@@ -33,9 +33,16 @@ def superlink_cmd(host: str, fleet_port: int, http_port: int, simulation: bool =
 
 
 def supernode_cmd(host: str, fleet_port: int, port: int, partition_id: int, num_partitions: int,
-                  role: str) -> list[str]:
+                  role: str, warm: bool = False,
+                  idle_poll_s: float = commands.FLOWER_IDLE_POLL_S) -> list[str]:
     cmd = commands.supernode_cmd(f"{host}:{fleet_port}", port,
-                                 commands.node_config(partition_id, num_partitions, role))
+                                 commands.node_config(partition_id, num_partitions, role),
+                                 warm=warm, idle_poll_s=idle_poll_s)
+    return [flwr_bin(cmd[0]), *cmd[1:]]
+
+
+def clientapp_runner_cmd(port: int, poll_interval_s: float, ready_file: str = "") -> list[str]:
+    cmd = commands.clientapp_runner_cmd(port, poll_interval_s, ready_file)
     return [flwr_bin(cmd[0]), *cmd[1:]]
 
 
@@ -47,11 +54,24 @@ def run_local(cfg: ExperimentConfig, run_dir: Path) -> int:
     run_config = write_run_config(cfg, run_dir, run_dir)
     with ProcessGroup(run_dir / "logs", env) as procs:
         procs.start("superlink", superlink_cmd(f.host, fleet, http,
-                                               database=str(run_dir.resolve() / STATE_DB)))
+                                               database=str(run_dir.resolve() / STATE_DB)
+                                               if f.superlink_database else ""))
         procs.wait_for(lambda: port_open(f.host, http) and port_open(f.host, fleet),
                        f.startup_timeout_s, "SuperLink")
+        ready = run_dir / "logs" / "ready"
+        ready.mkdir(parents=True, exist_ok=True)
         for pid, role in enumerate(node_roles(cfg)):
+            port = free_port("127.0.0.1")  # the node's Runtime API, on loopback
             procs.start(f"supernode-{pid}",
-                        supernode_cmd(f.host, fleet, free_port(f.host), pid, cfg.num_clients, role),
+                        supernode_cmd(f.host, fleet, port, pid, cfg.num_clients, role,
+                                      f.warm_clientapps, f.supernode_idle_poll_s),
                         critical=False)
+            if f.warm_clientapps:  # restarted if it dies: the node's tasks would wait forever
+                procs.start(f"clientapps-{pid}",
+                            clientapp_runner_cmd(port, f.superexec_poll_interval_s,
+                                                 str(ready / f"clientapps-{pid}")),
+                            critical=False, restart=True)
+        if f.warm_clientapps:  # their imports stay out of the identify wave and the rounds
+            procs.wait_for(lambda: len(list(ready.iterdir())) == cfg.num_clients,
+                           f.startup_timeout_s, "warm ClientApp runners")
         return submit(run_dir, run_config, env, procs)

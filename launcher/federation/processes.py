@@ -59,34 +59,53 @@ class ProcessGroup:
         self.procs: dict[str, subprocess.Popen] = {}
         self.optional: set[str] = set()
         self.reported: set[str] = set()
+        self.commands: dict[str, list[str]] = {}  # of the processes restarted when they die
+        self.restarts: dict[str, int] = {}
+        self.stopping = False
+        self.lock = threading.RLock()  # check_alive runs on a watchdog thread too
         self.reaper: subprocess.Popen | None = None
         log_dir.mkdir(parents=True, exist_ok=True)
 
-    def start(self, name: str, cmd: list[str], critical: bool = True) -> subprocess.Popen:
+    def start(self, name: str, cmd: list[str], critical: bool = True,
+              restart: bool = False) -> subprocess.Popen:
         """``critical=False``: the run survives this process's death (a SuperNode: the server
-        goes on without its replies); its exit is only logged."""
-        if self.reaper is None:
-            self.reaper = start_reaper(self.token)
-        log = (self.log_dir / f"{name}.log").open("ab")
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env,
-                                stdin=subprocess.DEVNULL, start_new_session=True,
-                                preexec_fn=die_with_parent(signal.SIGTERM))
-        log.close()
-        self.procs[name] = proc
-        if not critical:
-            self.optional.add(name)
-        return proc
+        goes on without its replies); its exit is only logged. ``restart``: a process that dies
+        is started again by the next :meth:`check_alive` (a warm ClientApp runner: its
+        SuperNode's tasks would wait for it forever), at most ``MAX_RESTARTS`` times."""
+        with self.lock:
+            if self.reaper is None:
+                self.reaper = start_reaper(self.token)
+            log = (self.log_dir / f"{name}.log").open("ab")
+            proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env,
+                                    stdin=subprocess.DEVNULL, start_new_session=True,
+                                    preexec_fn=die_with_parent(signal.SIGTERM))
+            log.close()
+            self.procs[name] = proc
+            if not critical:
+                self.optional.add(name)
+            if restart:
+                self.commands[name] = cmd
+            return proc
+
+    MAX_RESTARTS = 5
 
     def check_alive(self) -> None:
-        for name, proc in self.procs.items():
-            if proc.poll() is None:
-                continue
-            where = f"{name} {_ended(proc.returncode)}; see {self.log_dir / name}.log"
-            if name not in self.optional:
-                raise ProcessFailed(where)
-            if name not in self.reported:
-                self.reported.add(name)
-                log.warning("%s (the run goes on without it)", where)
+        with self.lock:
+            for name, proc in list(self.procs.items()):
+                if proc.poll() is None or self.stopping:
+                    continue
+                where = f"{name} {_ended(proc.returncode)}; see {self.log_dir / name}.log"
+                if name in self.commands and self.restarts.get(name, 0) < self.MAX_RESTARTS:
+                    self.restarts[name] = self.restarts.get(name, 0) + 1
+                    log.warning("%s: restarting it (%d of at most %d)", where,
+                                self.restarts[name], self.MAX_RESTARTS)
+                    self.start(name, self.commands[name], name not in self.optional, True)
+                    continue
+                if name not in self.optional:
+                    raise ProcessFailed(where)
+                if name not in self.reported:
+                    self.reported.add(name)
+                    log.warning("%s (the run goes on without it)", where)
 
     def wait_for(self, ready: Callable[[], bool], timeout: float, what: str) -> None:
         deadline = time.monotonic() + timeout
@@ -100,6 +119,8 @@ class ProcessGroup:
         """SIGTERM everything, SIGKILL what is left after ``grace`` seconds. A second Ctrl-C or
         SIGTERM while stopping must not cut the cleanup short, so both are ignored meanwhile."""
         with _signals_ignored():
+            with self.lock:
+                self.stopping = True
             self._stop(grace)
             self._stop_reaper(grace)
 
