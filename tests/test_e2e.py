@@ -49,19 +49,36 @@ def assert_results_contract(run_dir: Path, rounds: int) -> list[dict]:
     return rows
 
 
-def test_local_deployment_over_grpc(tmp_path, cache_dir):
-    res = flbackdoor(small(cache_dir, f"hydra.run.dir={tmp_path}"))
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    rows = assert_results_contract(tmp_path, 2)
-    assert rows[-1]["main_accuracy"] > 0.8, rows  # chance is 0.1
-    assert rows[-1]["main_accuracy"] > rows[0]["main_accuracy"] - 0.02
-    assert [r["num_clients"] for r in rows] == [3, 3]
-    assert "[train round 1/2] main_accuracy=" in res.stdout and "[train round 2/2]" in res.stdout
-    # One SuperLink, three SuperNodes, each its own process with its own log, over gRPC.
-    logs = sorted(p.name for p in (tmp_path / "logs").iterdir())
-    assert logs == ["superlink.log", "supernode-0.log", "supernode-1.log", "supernode-2.log"]
-    assert "grpc" in (tmp_path / "logs" / "superlink.log").read_text().lower()
-    assert no_leftovers(tmp_path)
+def test_local_deployment_over_grpc_warm_and_cold(tmp_path, cache_dir):
+    """The default (a warm ClientApp runner beside each SuperNode) and Flower's own path (a new
+    ClientApp process per message) run the same experiment to the same numbers."""
+    runs = {}
+    for path in ("warm", "cold"):
+        run = tmp_path / path
+        res = flbackdoor(small(cache_dir, f"hydra.run.dir={run}",
+                               f"federation.warm_clientapps={str(path == 'warm').lower()}"))
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+        rows = runs[path] = assert_results_contract(run, 2)
+        assert rows[-1]["main_accuracy"] > 0.8, rows  # chance is 0.1
+        assert rows[-1]["main_accuracy"] > rows[0]["main_accuracy"] - 0.02
+        assert [r["num_clients"] for r in rows] == [3, 3]
+        assert "[train round 1/2] main_accuracy=" in res.stdout and "[train round 2/2]" in res.stdout
+        # One SuperLink, three SuperNodes, each its own process with its own log, over gRPC;
+        # warm: a runner beside each node that served its identify query and both rounds.
+        logs = sorted(p.name for p in (run / "logs").iterdir())
+        nodes = ["superlink.log", "supernode-0.log", "supernode-1.log", "supernode-2.log"]
+        if path == "warm":
+            assert logs == [f"clientapps-{i}.log" for i in range(3)] + nodes
+            for i in range(3):
+                served = (run / "logs" / f"clientapps-{i}.log").read_text()
+                assert served.count("task train completed") == 2, served[-2000:]
+                assert served.count("task query.identify completed") == 1
+        else:
+            assert logs == nodes
+        assert "grpc" in (run / "logs" / "superlink.log").read_text().lower()
+        assert no_leftovers(run)
+    for key in ("main_accuracy", "main_loss"):
+        assert [r[key] for r in runs["warm"]] == [r[key] for r in runs["cold"]], key
 
 
 def test_simulation_engine(tmp_path, cache_dir):
@@ -123,7 +140,8 @@ def test_ctrl_c_stops_every_process(tmp_path, cache_dir):
 
 def test_remote_superlink_started_by_hand(tmp_path, cache_dir):
     """The README's multi-machine commands, on one machine: a user starts the SuperLink and
-    SuperNodes themselves, then submits with federation=remote."""
+    SuperNodes themselves (two with the warm ClientApp runner beside them, one with Flower's
+    process per message), then submits with federation=remote."""
     from launcher.federation.processes import ProcessGroup, free_port, port_open
     from launcher.federation.submit import flwr_env
 
@@ -135,12 +153,17 @@ def test_remote_superlink_started_by_hand(tmp_path, cache_dir):
                                   "--fleet-api-address", f"127.0.0.1:{fleet}",
                                   "--host", "127.0.0.1", "--port", str(http)])
         procs.wait_for(lambda: port_open("127.0.0.1", http), 60, "SuperLink")
-        for i in range(3):
+        for i in range(3):  # nodes 0 and 1 with a warm runner beside them, node 2 Flower's own
+            port = free_port()
+            warm = ["--isolation", "process"] if i < 2 else []
             procs.start(f"supernode-{i}", [
                 "flower-supernode", "--insecure", "--superlink", f"127.0.0.1:{fleet}",
-                "--port", str(free_port()),
+                "--port", str(port), *warm,
                 "--node-config", f'partition-id={i} num-partitions=3 role="benign" '
                                  f'data-root="{SHARED_DATA}" cache-dir="{tmp_path / "node_cache"}"'])
+            if warm:
+                procs.start(f"runner-{i}", ["flbackdoor-clientapp-runner",
+                                            "--runtime-api-address", f"127.0.0.1:{port}"])
         res = flbackdoor(small(cache_dir, "federation=remote", f"federation.address=127.0.0.1:{http}",
                                "federation.insecure=true", f"hydra.run.dir={tmp_path / 'run'}"))
         assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
@@ -148,4 +171,7 @@ def test_remote_superlink_started_by_hand(tmp_path, cache_dir):
     rows = assert_results_contract(tmp_path / "run", 2)
     assert rows[-1]["main_accuracy"] > 0.8
     assert (tmp_path / "node_cache").is_dir(), "nodes built their cache from their own data-root"
+    served = [(tmp_path / "logs" / f"runner-{i}.log").read_text().count("task train completed")
+              for i in (0, 1)]
+    assert served == [2, 2], served  # the warm runners served their nodes' rounds
     assert no_leftovers(tmp_path)

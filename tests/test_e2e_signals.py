@@ -81,7 +81,7 @@ def test_superlink_killed_mid_run_fails_cleanly_and_resumes(tmp_path, cache_dir)
     behind; ``resume=<run>`` (a new SuperLink on the same state database) finishes the run,
     each round in metrics.jsonl exactly once."""
     run = tmp_path / "run"
-    proc = launch(base(cache_dir, run, "num_rounds=3"))
+    proc = launch(base(cache_dir, run, "num_rounds=3", "federation.superlink_database=true"))
     try:
         wait_for(proc, "[train round 2/3]")
         os.kill(superlink_pid(proc), signal.SIGKILL)

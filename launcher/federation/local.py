@@ -58,7 +58,7 @@ def run_local(cfg: ExperimentConfig, run_dir: Path) -> int:
                                                if f.superlink_database else ""))
         procs.wait_for(lambda: port_open(f.host, http) and port_open(f.host, fleet),
                        f.startup_timeout_s, "SuperLink")
-        ready = run_dir / "logs" / "ready"
+        ready = home / "runners-ready"
         ready.mkdir(parents=True, exist_ok=True)
         for pid, role in enumerate(node_roles(cfg)):
             port = free_port("127.0.0.1")  # the node's Runtime API, on loopback
