@@ -170,3 +170,54 @@ def test_module_bookkeeping_for_a_reload(tmp_path, monkeypatch):
     assert forget_modules({"pkg_a", "mod_b"}) == 3
     assert not {"pkg_a", "pkg_a.sub", "mod_b"} & set(sys.modules)
     assert "json" in sys.modules  # nothing else is touched
+
+
+def test_warm_supernode_commands():
+    from launcher.federation.commands import clientapp_runner_cmd, supernode_cmd
+
+    stock = supernode_cmd("h:9092", 9094, "partition-id=0")
+    assert stock[0] == "flower-supernode" and "--isolation" not in stock
+    warm = supernode_cmd("h:9092", 9094, "partition-id=0", warm=True, idle_poll_s=0.25)
+    assert warm[:3] == ["flbackdoor-supernode", "--idle-poll-s", "0.25"]
+    assert warm[warm.index("--isolation") + 1] == "process"
+    runner = clientapp_runner_cmd(9094, 0.2, "/tmp/ready")
+    assert runner[runner.index("--runtime-api-address") + 1] == "127.0.0.1:9094"
+    assert runner[-2:] == ["--ready-file", "/tmp/ready"]
+
+
+def test_the_short_poll_caps_only_the_idle_sleep(monkeypatch):
+    from supernode import short_poll
+
+    slept = []
+    monkeypatch.setattr(short_poll.time, "sleep", slept.append)
+    capped = short_poll.CappedSleep(0.25)
+    for seconds in (3, 0.5, 0.1):
+        capped.sleep(seconds)
+    assert slept == [0.25, 0.5, 0.1]
+    assert capped.monotonic is short_poll.time.monotonic  # the rest is time's
+
+
+@pytest.mark.parametrize("override, message", [
+    ("federation.supernode_idle_poll_s=0", "supernode_idle_poll_s=0.0 must be in 0.01..3"),
+    ("federation.supernode_idle_poll_s=5", "supernode_idle_poll_s=5.0 must be in 0.01..3"),
+    ("federation.superexec_poll_interval_s=0", "superexec_poll_interval_s=0.0 must be in"),
+    ("federation=docker", None),
+    ("federation.warm_clientapps=true", None),
+])
+def test_warm_options_are_checked(override, message):
+    from conftest import resolved
+    from flbackdoor.config import ConfigError
+
+    if message is None:
+        resolved(override)
+        return
+    with pytest.raises(ConfigError, match=message.replace(".", r"\.")):
+        resolved(override)
+
+
+def test_containers_refuse_warm_runners_until_built():
+    from conftest import resolved
+    from flbackdoor.config import ConfigError
+
+    with pytest.raises(ConfigError, match="not built for containers yet"):
+        resolved("federation=docker", "federation.warm_clientapps=true")
