@@ -205,6 +205,9 @@ def test_docker_launcher_without_an_engine_says_so(tmp_path, monkeypatch):
 def test_federation_docker_config_is_validated():
     cfg = ExperimentConfig()
     cfg.federation.mode = "docker"
+    with pytest.raises(ConfigError, match="not built for containers yet"):
+        validate(cfg)
+    cfg.federation.warm_clientapps = False  # as conf/federation/docker.yaml has it
     validate(cfg)
     cfg.federation.gpus = "some"
     with pytest.raises(ConfigError, match="federation.gpus='some' is not one of auto, all, none"):
@@ -433,7 +436,8 @@ def test_docker_launcher_mounts_each_containers_own_folder(tmp_path):
      "federation.insecure=true sends plaintext to superlink:9093"),
     ({"mode": "local", "host": "0.0.0.0"}, "federation=local runs plaintext on federation.host"),
     ({"mode": "simulation", "host": "10.1.2.3"}, "federation=simulation runs plaintext"),
-    ({"mode": "docker", "tls": False}, "federation.tls=false runs plaintext"),
+    ({"mode": "docker", "tls": False, "warm_clientapps": False},
+     "federation.tls=false runs plaintext"),
 ])
 def test_plaintext_off_loopback_needs_allow_insecure(settings, error):
     cfg = ExperimentConfig()
