@@ -18,6 +18,7 @@ pytestmark = [requires_shared_data, pytest.mark.e2e]
 FIGURES = {
     "simulation_round.py": r"simulation round \(training wave\) / floor \(sun\): ([0-9.]+)$",
     "deployment_round.py": r"deployment round overhead: 3 nodes warm (-?[0-9.]+) s$",
+    "idle_nodes.py": r"idle federation CPU: poll 3.0 s ([0-9.]+)%, poll 0.25 s ([0-9.]+)%$",
     "cold_start.py": r"ClientApp cold start ([0-9.]+) s; partition load ([0-9.]+) ms",
     "parallel_sweep.py": r"parallel sweep speed-up \(sequential / parallel wall time\): ([0-9.]+)$",
 }
