@@ -49,8 +49,9 @@ CLIENT_APP_TASK = "flwr-clientapp"
 HEARTBEAT_S = 20.0  # Flower's own cadence: (30 s interval - 5 s call timeout) x 0.8
 # The app's heavy imports, before the first task. The app's own modules (client.app) come from
 # the installed project here; the first FAB drops them and loads its own copy, while the
-# third-party modules they pulled in (torch, scikit-learn, ...) stay imported.
-DEFAULT_PRELOAD = "torch,torchvision,numpy,client.app"
+# third-party modules they pulled in stay imported. The defenses' libraries are imported by the
+# config's registries on a node's first message (scikit-learn and pandas: about 0.9 s of CPU).
+DEFAULT_PRELOAD = "torch,torchvision,numpy,client.app,sklearn.cluster,scipy.stats,scipy.fft"
 
 
 def _retry_transport_errors():

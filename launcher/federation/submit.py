@@ -154,6 +154,11 @@ def submit(
         raise RunFailed(f"flwr run did not start a run (exit {proc.returncode}); see {log_path}")
     status = wait_for_end(run_id, env, procs, prefix_cmd=prefix_cmd)
     if status != "finished:completed":
+        if procs is not None:  # a dead SuperLink is the cause to name, not the status it hid
+            try:
+                procs.check_alive()
+            except ProcessFailed as err:
+                raise RunFailed(str(err)) from err
         raise RunFailed(f"run {run_id} ended with status {status!r}; see {log_path}")
     return run_id
 
