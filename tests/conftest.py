@@ -67,6 +67,16 @@ def flbackdoor(args: list[str], timeout: float = 600, env: dict | None = None,
         timeout=timeout, env={**os.environ, **(env or {})}, **popen)
 
 
+def node_log(run_dir: Path, partition: int) -> str:
+    """What a local deployment's node ``partition`` logged: its SuperNode's log, then its warm
+    ClientApp runner's (where the ClientApp's own lines go; with Flower's process per message
+    they are in the SuperNode's log)."""
+    logs = run_dir / "logs"
+    runner = logs / f"clientapps-{partition}.log"
+    return (logs / f"supernode-{partition}.log").read_text() + (
+        runner.read_text() if runner.exists() else "")
+
+
 def clientapp_runners(under: Path) -> list[int]:
     """The live warm ClientApp runners whose FLWR_HOME lies under ``under``."""
     marker = f"FLWR_HOME={under}".encode()

@@ -9,7 +9,7 @@ import pytest
 
 from flbackdoor.results import read_metrics
 
-from conftest import data_args, flbackdoor, requires_shared_data
+from conftest import data_args, flbackdoor, node_log, requires_shared_data
 
 pytestmark = [requires_shared_data, pytest.mark.e2e]
 
@@ -23,7 +23,7 @@ def run(tmp_path, cache_dir, *extra):
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
     (attacker,) = summary["roles"]["malicious"]
-    log = (tmp_path / "logs" / f"supernode-{attacker}.log").read_text()
+    log = node_log(tmp_path, attacker)
     return read_metrics(tmp_path / "metrics.jsonl"), summary, log
 
 
