@@ -318,7 +318,13 @@ def main(argv: list[str] | None = None) -> None:
                     help="created once the preload is done (a launcher waits for it)")
     args = ap.parse_args(argv)
     check_flower("flbackdoor-clientapp-runner")
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    # Our own lines only: Flower's logger (the app's lines too) prints through its own handler,
+    # and a root handler would print each of them twice.
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(logging.INFO)
+    log.propagate = False
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per poll otherwise
     if not 0.01 <= args.poll_interval <= 60:
         ap.error(f"--poll-interval {args.poll_interval}: need 0.01..60 seconds")
