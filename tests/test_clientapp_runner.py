@@ -221,3 +221,22 @@ def test_containers_refuse_warm_runners_until_built():
 
     with pytest.raises(ConfigError, match="not built for containers yet"):
         resolved("federation=docker", "federation.warm_clientapps=true")
+
+
+def test_a_process_restarted_from_another_thread_outlives_that_thread(tmp_path):
+    """Linux's parent-death signal follows the thread that forked: a runner restarted by the
+    submit watchdog (a thread that ends with the run's log stream) must not die with it."""
+    import threading
+    import time
+
+    from launcher.federation.processes import ProcessGroup
+
+    with ProcessGroup(tmp_path, {"PATH": "/usr/bin:/bin"}) as group:
+        first = group.start("runner", ["sleep", "60"], critical=False, restart=True)
+        os.kill(first.pid, signal.SIGKILL)
+        first.wait()
+        watchdog = threading.Thread(target=group.check_alive)
+        watchdog.start()
+        watchdog.join()
+        time.sleep(0.5)
+        assert group.procs["runner"].poll() is None, "the restarted process is alive"

@@ -76,9 +76,12 @@ class ProcessGroup:
             if self.reaper is None:
                 self.reaper = start_reaper(self.token)
             log = (self.log_dir / f"{name}.log").open("ab")
+            # The parent-death signal fires when the starting *thread* ends: a process restarted
+            # from the watchdog thread would die with it. The reaper still takes it along.
+            main = threading.current_thread() is threading.main_thread()
             proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=self.env,
                                     stdin=subprocess.DEVNULL, start_new_session=True,
-                                    preexec_fn=die_with_parent(signal.SIGTERM))
+                                    preexec_fn=die_with_parent(signal.SIGTERM) if main else None)
             log.close()
             self.procs[name] = proc
             if not critical:
