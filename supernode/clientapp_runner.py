@@ -193,7 +193,10 @@ def pull_task_input(client):
         tree, make_pull_object_fn_protobuf(client.PullObject, node, context.run_id),
         make_confirm_message_received_fn_protobuf(client.ConfirmMessageReceived, node,
                                                   context.run_id),
-        return_type=Message, initial_backoff=PULL_BACKOFF_S, backoff_cap=PULL_BACKOFF_CAP_S)
+        return_type=Message, initial_backoff=PULL_BACKOFF_S, backoff_cap=PULL_BACKOFF_CAP_S,
+        # Flower's 500 tries would be 100 s at this cap, too short for a large model on a slow
+        # link: only Flower's overall limit (PULL_MAX_TIME, 2 h) bounds the wait
+        max_tries_per_object=None)
     message.metadata.__dict__["_message_id"] = tree.object_id  # not part of the deflated tree
     return message, context, run, fab
 
