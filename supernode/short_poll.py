@@ -55,8 +55,10 @@ def install(cap_s: float) -> None:
     import flwr.supernode.start_client_internal as loop
 
     loop.time = CappedSleep(cap_s)
+    # No try count: at this cap Flower's 500 tries would give up on a large model within
+    # minutes; its overall time limit (2 h) still bounds the wait.
     loop.pull_objects = functools.partial(loop.pull_objects, initial_backoff=OBJECT_BACKOFF_S,
-                                          backoff_cap=cap_s)
+                                          backoff_cap=cap_s, max_tries_per_object=None)
 
 
 def main(argv: list[str] | None = None) -> None:
