@@ -18,11 +18,13 @@ from pathlib import Path
 
 from common import parser
 
+from flbackdoor.config import FederationConfig
 from launcher.federation.local import clientapp_runner_cmd, superlink_cmd, supernode_cmd
 from launcher.federation.processes import ProcessGroup, descendants, free_port, port_open
 from launcher.federation.submit import flwr_env, write_flwr_home
 
 TICKS = os.sysconf("SC_CLK_TCK")
+POLL_S = FederationConfig.superexec_poll_interval_s  # the runners' AcquireTask poll, as in a run
 
 
 def cpu_seconds(pids: list[int]) -> float:
@@ -41,7 +43,7 @@ def idle_share(nodes: int, poll_s: float, settle_s: float, window_s: float) -> f
     host = "127.0.0.1"
     fleet, http = free_port(host), free_port(host)
     env = flwr_env(write_flwr_home(run_dir, f"{host}:{http}"),
-                   {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.2"})
+                   {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": str(POLL_S)})
     with ProcessGroup(run_dir / "logs", env) as procs:
         procs.start("superlink", superlink_cmd(host, fleet, http))
         procs.wait_for(lambda: port_open(host, fleet), 60, "SuperLink")
@@ -49,7 +51,7 @@ def idle_share(nodes: int, poll_s: float, settle_s: float, window_s: float) -> f
             port = free_port(host)
             procs.start(f"supernode-{pid}", supernode_cmd(host, fleet, port, pid, nodes, "benign",
                                                           True, poll_s))
-            procs.start(f"clientapps-{pid}", clientapp_runner_cmd(port, 0.2))
+            procs.start(f"clientapps-{pid}", clientapp_runner_cmd(port, POLL_S))
         time.sleep(settle_s)  # imports done, every node registered
         pids = [p.pid for p in procs.procs.values()]
         pids += descendants(pids)

@@ -10,7 +10,8 @@ and then loops over the SuperNode's Runtime API:
 
 1. ``AcquireTask`` (the call ``flower-superexec`` makes) for a ``flwr-clientapp`` task and its
    token;
-2. with that token, Flower's own ``pull_task_input`` (message, context, run, FAB);
+2. with that token, the task's input (message, context, run, FAB): Flower's
+   ``pull_task_input`` calls, with a shorter backoff on the message's objects;
 3. the ClientApp, loaded once per FAB hash (a new hash drops the old app's modules first, so
    the new code runs, not the cached one);
 4. ``push_message`` (the reply) and ``push_task_output`` (the context and the task's status).
@@ -23,7 +24,7 @@ sends heartbeats, so a long handler keeps its token (Flower expires it after 2 x
 
 If the runner dies, the SuperNode's task waits for someone to acquire it (a pending task never
 expires): the launcher restarts the runner (:class:`launcher.federation.processes.ProcessGroup`,
-``restart=True``; a container restart policy under Docker). A task the dead runner was running
+``restart=True``; on separate machines, a process manager). A task the dead runner was running
 expires after 60 s and the SuperNode replies with Flower's "ClientApp stopped responding" error.
 
 Keep the Runtime API on loopback (``flower-supernode --host`` default): ``AcquireTask`` is not
@@ -259,7 +260,6 @@ class WarmRunner:
         self.address, self.poll_interval_s = address, poll_interval_s
         self.root_certificates = root_certificates
         self.apps = AppCache()
-        self.served = 0
 
     def acquire(self, client) -> str:
         """A task's token, or "" when none is pending."""
@@ -268,12 +268,12 @@ class WarmRunner:
         res = client.AcquireTask(AcquireTaskRequest(supported_task_types=[CLIENT_APP_TASK]))
         return res.token if res.HasField("task") and res.token else ""
 
-    def run(self, max_tasks: int = 0) -> None:
-        """Serve until stopped (``max_tasks`` > 0: that many, for tests)."""
+    def run(self) -> None:
+        """Serve until stopped."""
         client = runtime_client(self.address, "SuperExec", root_certificates=self.root_certificates)
         unreachable_since: float | None = None
         try:
-            while not max_tasks or self.served < max_tasks:
+            while True:
                 try:
                     token = self.acquire(client)
                 except Exception as err:  # noqa: BLE001 - the SuperNode is not up (yet, again)
@@ -291,7 +291,6 @@ class WarmRunner:
                     time.sleep(self.poll_interval_s)
                     continue
                 serve_task(self.address, token, self.apps, self.root_certificates)
-                self.served += 1
         finally:
             client.close()
 

@@ -79,19 +79,16 @@ def node_log(run_dir: Path, partition: int) -> str:
 
 def clientapp_runners(under: Path) -> list[int]:
     """The live warm ClientApp runners whose FLWR_HOME lies under ``under``."""
-    marker = f"FLWR_HOME={under}".encode()
-    found = []
-    for proc in Path("/proc").glob("[0-9]*"):
-        try:
-            if (b"flbackdoor-clientapp-runner" in (proc / "cmdline").read_bytes()
-                    and marker in (proc / "environ").read_bytes()):
-                found.append(int(proc.name))
-        except OSError:
-            continue
-    return found
+    return sorted(flower_processes(under, ("flbackdoor-clientapp-runner",)))
 
 
-def flower_processes(run_dir: Path | None = None) -> set[int]:
+FLOWER_PROCESSES = ("flower-superlink", "flower-supernode", "flower-superexec", "flwr-serverapp",
+                    "flwr-clientapp", "flbackdoor-clientapp-runner", "flbackdoor-supernode",
+                    "flwr-simulation", "ray::", "raylet", "gcs_server")
+
+
+def flower_processes(run_dir: Path | None = None,
+                     names: tuple[str, ...] = FLOWER_PROCESSES) -> set[int]:
     """Live (non-zombie) Flower processes: the ones a run must not leave behind. With
     ``run_dir``, only those of that run (their FLWR_HOME lies under it), so runs elsewhere on
     the machine do not count."""
@@ -105,8 +102,6 @@ def flower_processes(run_dir: Path | None = None) -> set[int]:
                 continue
         except OSError:
             continue
-        names = ("flower-superlink", "flower-supernode", "flower-superexec", "flwr-serverapp",
-                 "flwr-clientapp", "flbackdoor-clientapp-runner", "flbackdoor-supernode", "flwr-simulation", "ray::", "raylet", "gcs_server")
         if state != "Z" and any(n in cmd for n in names):
             found.add(int(proc.name))
     return found
