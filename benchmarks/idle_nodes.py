@@ -19,7 +19,7 @@ from pathlib import Path
 from common import parser
 
 from flbackdoor.config import FederationConfig
-from launcher.federation.local import clientapp_runner_cmd, superlink_cmd, supernode_cmd
+from launcher.federation.local import runner_host_cmd, superlink_cmd, supernode_cmd
 from launcher.federation.processes import ProcessGroup, descendants, free_port, port_open
 from launcher.federation.submit import flwr_env, write_flwr_home
 
@@ -47,11 +47,13 @@ def idle_share(nodes: int, poll_s: float, settle_s: float, window_s: float) -> f
     with ProcessGroup(run_dir / "logs", env) as procs:
         procs.start("superlink", superlink_cmd(host, fleet, http))
         procs.wait_for(lambda: port_open(host, fleet), 60, "SuperLink")
+        runners = {}
         for pid in range(nodes):
-            port = free_port(host)
+            port = runners[f"clientapps-{pid}"] = free_port(host)
             procs.start(f"supernode-{pid}", supernode_cmd(host, fleet, port, pid, nodes, "benign",
                                                           True, poll_s))
-            procs.start(f"clientapps-{pid}", clientapp_runner_cmd(port, POLL_S))
+        procs.start("clientapps", runner_host_cmd(runners, POLL_S, procs.log_dir,
+                                                  run_dir / "ready"))
         time.sleep(settle_s)  # imports done, every node registered
         pids = [p.pid for p in procs.procs.values()]
         pids += descendants(pids)

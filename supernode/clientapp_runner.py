@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from supernode.flower_version import check as check_flower
+from supernode.runner_host import Node, RunnerHost
 
 log = logging.getLogger("flbackdoor.clientapp_runner")
 
@@ -309,7 +310,14 @@ def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(prog="flbackdoor-clientapp-runner",
                                  description=__doc__.split("\n")[0])
     ap.add_argument("--runtime-api-address", default="127.0.0.1:9094",
-                    help="the SuperNode's Runtime API (flower-supernode --port)")
+                    help="the SuperNode's Runtime API (flower-supernode --port), served by this "
+                         "process")
+    ap.add_argument("--node", action="append", default=[], metavar="NAME=HOST:PORT",
+                    help="instead: serve this SuperNode's Runtime API from a runner forked after "
+                         "the preload (repeatable: one host process for every node of a machine; "
+                         "supernode/runner_host.py); its log is LOG_DIR/NAME.log")
+    ap.add_argument("--log-dir", type=Path, default=Path("."),
+                    help="with --node: where each runner's log goes")
     ap.add_argument("--poll-interval", type=float, default=0.2,
                     help="seconds between AcquireTask calls while no task is pending")
     ap.add_argument("--root-certificates", default="",
@@ -318,6 +326,8 @@ def main(argv: list[str] | None = None) -> None:
                     help="modules imported at start (comma-separated)")
     ap.add_argument("--ready-file", type=Path,
                     help="created once the preload is done (a launcher waits for it)")
+    ap.add_argument("--ready-dir", type=Path,
+                    help="with --node: each runner creates READY_DIR/NAME once it serves")
     args = ap.parse_args(argv)
     check_flower("flbackdoor-clientapp-runner")
     # Our own lines only: Flower's logger (the app's lines too) prints through its own handler,
@@ -330,12 +340,23 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per poll otherwise
     if not 0.01 <= args.poll_interval <= 60:
         ap.error(f"--poll-interval {args.poll_interval}: need 0.01..60 seconds")
+    try:
+        nodes = [Node.parse(spec) for spec in args.node]
+    except ValueError as err:
+        ap.error(str(err))
     preload(args.preload)
     if args.ready_file:
         args.ready_file.touch()
-    log.info("serving ClientApp tasks of the SuperNode at %s", args.runtime_api_address)
+
+    def serve(address: str) -> None:
+        log.info("serving ClientApp tasks of the SuperNode at %s", address)
+        WarmRunner(address, args.poll_interval, args.root_certificates).run()
+
     try:
-        WarmRunner(args.runtime_api_address, args.poll_interval, args.root_certificates).run()
+        if nodes:
+            RunnerHost(nodes, lambda node: serve(node.address), args.log_dir, args.ready_dir).run()
+        else:
+            serve(args.runtime_api_address)
     except KeyboardInterrupt:
         pass
 

@@ -96,9 +96,10 @@ def write_app(root: Path, version: str) -> Path:
 
 @pytest.mark.e2e
 def test_one_warm_process_serves_every_message_survives_errors_and_reloads_a_new_fab(tmp_path):
-    from launcher.federation.local import clientapp_runner_cmd, superlink_cmd, supernode_cmd
+    from launcher.federation.commands import clientapp_runner_cmd
+    from launcher.federation.local import superlink_cmd, supernode_cmd
     from launcher.federation.processes import ProcessGroup, free_port, port_open
-    from launcher.federation.submit import flwr_env, submit, write_flwr_home
+    from launcher.federation.submit import flwr_bin, flwr_env, submit, write_flwr_home
 
     host = "127.0.0.1"
     fleet, http, port = free_port(host), free_port(host), free_port(host)
@@ -110,7 +111,9 @@ def test_one_warm_process_serves_every_message_survives_errors_and_reloads_a_new
         procs.wait_for(lambda: port_open(host, http) and port_open(host, fleet), 60, "SuperLink")
         procs.start("supernode", supernode_cmd(host, fleet, port, 0, 1, "benign", warm=True))
         ready = tmp_path / "ready"
-        procs.start("runner", clientapp_runner_cmd(port, 0.1, str(ready)), restart=True)
+        # One process serving one node (a container's, or another machine's, runner)
+        runner = clientapp_runner_cmd(port, 0.1, str(ready))
+        procs.start("runner", [flwr_bin(runner[0]), *runner[1:]], restart=True)
         procs.wait_for(ready.exists, 120, "runner")
         results = []
         for version in ("v1", "v2"):
@@ -173,7 +176,8 @@ def test_module_bookkeeping_for_a_reload(tmp_path, monkeypatch):
 
 
 def test_warm_supernode_commands():
-    from launcher.federation.commands import clientapp_runner_cmd, supernode_cmd
+    from launcher.federation.commands import (clientapp_runner_cmd, runner_host_cmd,
+                                              supernode_cmd)
 
     stock = supernode_cmd("h:9092", 9094, "partition-id=0")
     assert stock[0] == "flower-supernode" and "--isolation" not in stock
@@ -183,6 +187,10 @@ def test_warm_supernode_commands():
     runner = clientapp_runner_cmd(9094, 0.2, "/tmp/ready")
     assert runner[runner.index("--runtime-api-address") + 1] == "127.0.0.1:9094"
     assert runner[-2:] == ["--ready-file", "/tmp/ready"]
+    host = runner_host_cmd({"clientapps-0": 4000, "clientapps-1": 4001}, 0.2, "/l", "/r")
+    assert [host[i + 1] for i, a in enumerate(host) if a == "--node"] == [
+        "clientapps-0=127.0.0.1:4000", "clientapps-1=127.0.0.1:4001"]
+    assert host[host.index("--log-dir") + 1] == "/l" and host[host.index("--ready-dir") + 1] == "/r"
 
 
 def test_the_short_poll_caps_only_the_idle_sleep(monkeypatch):

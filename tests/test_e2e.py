@@ -64,11 +64,13 @@ def test_local_deployment_over_grpc_warm_and_cold(tmp_path, cache_dir):
         assert [r["num_clients"] for r in rows] == [3, 3]
         assert "[train round 1/2] main_accuracy=" in res.stdout and "[train round 2/2]" in res.stdout
         # One SuperLink, three SuperNodes, each its own process with its own log, over gRPC;
-        # warm: a runner beside each node that served its identify query and both rounds.
+        # warm: a runner beside each node that served its identify query and both rounds,
+        # each forked by one host process (clientapps.log).
         logs = sorted(p.name for p in (run / "logs").iterdir())
         nodes = ["superlink.log", "supernode-0.log", "supernode-1.log", "supernode-2.log"]
         if path == "warm":
-            assert logs == [f"clientapps-{i}.log" for i in range(3)] + nodes
+            assert logs == [f"clientapps-{i}.log" for i in range(3)] + ["clientapps.log"] + nodes
+            assert "3 runners forked" in (run / "logs" / "clientapps.log").read_text()
             for i in range(3):
                 served = (run / "logs" / f"clientapps-{i}.log").read_text()
                 assert served.count("task train completed") == 2, served[-2000:]

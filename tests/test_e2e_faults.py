@@ -115,33 +115,40 @@ def test_supernodes_killed_mid_round_cost_only_their_replies(tmp_path, cache_dir
     assert not flower_processes(tmp_path)
 
 
-def test_a_killed_clientapp_runner_is_restarted_and_the_run_completes(tmp_path, cache_dir):
-    """SIGKILL to one SuperNode's warm ClientApp runner after round 1 of 4: the launcher starts
-    it again, the run completes, and the last round has every node's reply."""
+def test_killed_clientapp_runners_are_restarted_and_the_run_completes(tmp_path, cache_dir):
+    """SIGKILL after round 1 of 4 to one SuperNode's warm ClientApp runner (its host forks it
+    again), after round 2 to the host process itself (the launcher starts it again, its runners
+    die with it and are forked anew): the run completes, the last round with every node's
+    reply."""
     proc = subprocess.Popen(
         [sys.executable, "-m", "launcher.cli",
          *base(cache_dir, tmp_path, "num_rounds=4", "server.round_timeout_s=90")],
         cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    killed = None
+    killed: list[int] = []
     try:
         assert proc.stdout is not None
         output = []
         for line in proc.stdout:
             output.append(line)
-            if killed is None and "[train round 1/4]" in line:
-                killed = next(iter(clientapp_runners(tmp_path)))
-                os.kill(killed, signal.SIGKILL)
+            if "[train round 1/4]" in line or "[train round 2/4]" in line:
+                live = clientapp_runners(tmp_path)
+                host = min(live)  # started first; the runners are its children
+                killed.append(max(live) if not killed else host)
+                os.kill(killed[-1], signal.SIGKILL)
         assert proc.wait(timeout=60) == 0, "".join(output)[-3000:]
     finally:
         if proc.poll() is None:
             proc.kill()
-    assert killed is not None
+    assert len(killed) == 2
     text = "".join(output)
-    assert "was killed by SIGKILL; see" in text and "restarting it (1 of at most" in text, text
+    assert "clientapps was killed by SIGKILL; see" in text, text
+    assert "restarting it (1 of at most" in text, text
+    assert "killed by signal 9: forking it again (1 of at most" in (
+        tmp_path / "logs" / "clientapps.log").read_text()
     rows = read_metrics(tmp_path / "metrics.jsonl")
     assert [r["round"] for r in rows] == [1, 2, 3, 4]
     assert rows[-1]["num_clients"] == 3, rows
-    assert killed not in clientapp_runners(tmp_path)
+    assert not set(killed) & set(clientapp_runners(tmp_path))
     time.sleep(2)
     assert not flower_processes(tmp_path)
 

@@ -100,6 +100,19 @@ def clientapp_runner_cmd(port: int, poll_interval_s: float, ready_file: str = ""
     return cmd + (["--ready-file", ready_file] if ready_file else [])
 
 
+def runner_host_cmd(ports: dict[str, int], poll_interval_s: float, log_dir: str,
+                    ready_dir: str) -> list[str]:
+    """One process that imports PyTorch and the app once and forks a warm runner for each
+    SuperNode of this host (``supernode/runner_host.py``): ``ports`` maps a runner's name (its
+    log ``log_dir/NAME.log``, its ready file ``ready_dir/NAME``) to its node's Runtime API port
+    on loopback."""
+    cmd = ["flbackdoor-clientapp-runner", "--poll-interval", str(poll_interval_s),
+           "--log-dir", log_dir, "--ready-dir", ready_dir]
+    for name, port in ports.items():
+        cmd += ["--node", f"{name}=127.0.0.1:{port}"]
+    return cmd
+
+
 def node_name(partition_id: int, role: str) -> str:
     """The name a node is registered under (``grid.get_nodes()`` returns it) and its key's."""
     return f"{role}-{partition_id}"

@@ -41,8 +41,9 @@ def supernode_cmd(host: str, fleet_port: int, port: int, partition_id: int, num_
     return [flwr_bin(cmd[0]), *cmd[1:]]
 
 
-def clientapp_runner_cmd(port: int, poll_interval_s: float, ready_file: str = "") -> list[str]:
-    cmd = commands.clientapp_runner_cmd(port, poll_interval_s, ready_file)
+def runner_host_cmd(ports: dict[str, int], poll_interval_s: float, log_dir: Path,
+                    ready_dir: Path) -> list[str]:
+    cmd = commands.runner_host_cmd(ports, poll_interval_s, str(log_dir), str(ready_dir))
     return [flwr_bin(cmd[0]), *cmd[1:]]
 
 
@@ -58,20 +59,21 @@ def run_local(cfg: ExperimentConfig, run_dir: Path) -> int:
                                                if f.superlink_database else ""))
         procs.wait_for(lambda: port_open(f.host, http) and port_open(f.host, fleet),
                        f.startup_timeout_s, "SuperLink")
-        ready = home / "runners-ready"
-        ready.mkdir(parents=True, exist_ok=True)
+        runners: dict[str, int] = {}
         for pid, role in enumerate(node_roles(cfg)):
-            port = free_port("127.0.0.1")  # the node's Runtime API, on loopback
+            port = runners[f"clientapps-{pid}"] = free_port("127.0.0.1")  # loopback Runtime API
             procs.start(f"supernode-{pid}",
                         supernode_cmd(f.host, fleet, port, pid, cfg.num_clients, role,
                                       f.warm_clientapps, f.supernode_idle_poll_s),
                         critical=False)
-            if f.warm_clientapps:  # restarted if it dies: the node's tasks would wait forever
-                procs.start(f"clientapps-{pid}",
-                            clientapp_runner_cmd(port, f.superexec_poll_interval_s,
-                                                 str(ready / f"clientapps-{pid}")),
-                            critical=False, restart=True)
-        if f.warm_clientapps:  # their imports stay out of the identify wave and the rounds
-            procs.wait_for(lambda: len(list(ready.iterdir())) == cfg.num_clients,
+        if f.warm_clientapps:
+            # One process imports PyTorch and the app, then forks a runner per node and
+            # re-forks one that dies; restarted itself if it dies (the nodes' tasks would wait
+            # forever). Their imports stay out of the identify wave and the rounds.
+            ready = home / "runners-ready"
+            procs.start("clientapps", runner_host_cmd(runners, f.superexec_poll_interval_s,
+                                                      procs.log_dir, ready),
+                        critical=False, restart=True)
+            procs.wait_for(lambda: ready.is_dir() and len(list(ready.iterdir())) == len(runners),
                            f.startup_timeout_s, "warm ClientApp runners")
         return submit(run_dir, run_config, env, procs)
