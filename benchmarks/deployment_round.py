@@ -13,7 +13,8 @@ run one after the other in this one invocation. The identify wave is the ServerA
 ``identify_s`` (summary.json). While a run goes, /proc is sampled for the peak resident memory
 (VmHWM) of the ServerApp and of one client-side process, and for the largest sum of the
 client-side processes' resident memory at one moment (every ClientApp process alive then, or
-every warm runner).
+every warm runner and their host), as RSS and as PSS (shared pages counted once: the warm
+runners are forked from one process that imported PyTorch and the app).
 """
 
 from __future__ import annotations
@@ -28,8 +29,8 @@ BATCH = 32
 PATHS = {"cold": "federation.warm_clientapps=false", "warm": "federation.warm_clientapps=true"}
 
 
-def _status_kib(proc: Path, field: str) -> float:
-    line = next(x for x in (proc / "status").read_text().splitlines() if x.startswith(field))
+def _status_kib(proc: Path, field: str, name: str = "status") -> float:
+    line = next(x for x in (proc / name).read_text().splitlines() if x.startswith(field))
     return int(line.split()[1])
 
 
@@ -45,26 +46,37 @@ class PeakMemory(threading.Thread):
         self.interval_s = interval_s
         self.peak = {k: 0.0 for k in self.KINDS}  # one process's VmHWM
         self.client_total = 0.0  # the client-side processes' VmRSS at one moment, summed
+        # The same in PSS (a page shared by n processes counts 1/n in each): what forked warm
+        # runners really hold together. Read every PSS_EVERY samples: the kernel walks each
+        # process's page tables for it.
+        self.client_pss = 0.0
         self.stopped = threading.Event()
+
+    PSS_EVERY = 20
 
     def _kind(self, cmd: bytes) -> str | None:
         return next((k for k, names in self.KINDS.items()
                      if any(n.encode() in cmd for n in names)), None)
 
     def run(self) -> None:
+        sample = 0
         while not self.stopped.wait(self.interval_s):
-            total = 0.0
+            sample += 1
+            total = pss = 0.0
             for proc in Path("/proc").glob("[0-9]*"):
                 try:
                     kind = self._kind((proc / "cmdline").read_bytes())
                     if kind is None or self.marker not in (proc / "environ").read_bytes():
                         continue
                     hwm, rss = _status_kib(proc, "VmHWM") / 1024, _status_kib(proc, "VmRSS") / 1024
+                    if kind == "client" and sample % self.PSS_EVERY == 0:
+                        pss += _status_kib(proc, "Pss:", "smaps_rollup") / 1024
                 except (OSError, StopIteration):
                     continue
                 self.peak[kind] = max(self.peak[kind], hwm)
                 total += rss if kind == "client" else 0.0
             self.client_total = max(self.client_total, total)
+            self.client_pss = max(self.client_pss, pss)
 
 
 def measure(nodes: int, rounds: int, path: str, extra: list[str]) -> dict:
@@ -88,7 +100,8 @@ def measure(nodes: int, rounds: int, path: str, extra: list[str]) -> dict:
               f"(slowest client's compute {slowest:.3f} s)")
     identify = json.loads((run_dir / "summary.json").read_text())["identify_s"]
     return {"overhead": median(overheads), "identify": identify, "server": memory.peak["server"],
-            "client": memory.peak["client"], "client_total": memory.client_total}
+            "client": memory.peak["client"], "client_total": memory.client_total,
+            "client_pss": memory.client_pss}
 
 
 def main() -> None:
@@ -105,7 +118,8 @@ def main() -> None:
     for (n, p), r in results.items():
         print(f"{p}, {n} nodes: overhead {r['overhead']:.2f} s a round, identify wave "
               f"{r['identify']:.2f} s; peak memory: server {r['server']:.0f} MiB, one client-side "
-              f"process {r['client']:.0f} MiB, client side at once {r['client_total']:.0f} MiB")
+              f"process {r['client']:.0f} MiB, client side at once {r['client_total']:.0f} MiB "
+              f"RSS, {r['client_pss']:.0f} MiB PSS")
     print("deployment round overhead: " + ", ".join(
         f"{n} nodes {p} {r['overhead']:.2f} s" for (n, p), r in results.items()))
 

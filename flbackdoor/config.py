@@ -415,9 +415,6 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     check(0.01 <= f.superexec_poll_interval_s <= 60,
           f"federation.superexec_poll_interval_s={f.superexec_poll_interval_s} must be in 0.01..60")
     if f.mode == "docker":
-        check(not f.warm_clientapps, "federation=docker runs Flower's process per message: warm "
-                                     "ClientApp runners are not built for containers yet "
-                                     "(federation.warm_clientapps=false)")
         one_of("federation.gpus", f.gpus, ("auto", "all", "none"))
         check(bool(f.image), "federation=docker needs federation.image (docker build -t NAME .)")
         check(

@@ -23,8 +23,9 @@ retry policy on a 401: both would end a process meant to outlive the task). A ru
 sends heartbeats, so a long handler keeps its token (Flower expires it after 2 x 30 s without).
 
 If the runner dies, the SuperNode's task waits for someone to acquire it (a pending task never
-expires): the launcher restarts the runner (:class:`launcher.federation.processes.ProcessGroup`,
-``restart=True``; on separate machines, a process manager). A task the dead runner was running
+expires): whoever started it starts it again (a local federation: the runner host of
+:mod:`supernode.runner_host` forks it anew, and the launcher restarts the host; a container: the
+engine's restart policy; on separate machines, a process manager). A task the dead runner was running
 expires after 60 s and the SuperNode replies with Flower's "ClientApp stopped responding" error.
 
 Keep the Runtime API on loopback (``flower-supernode --host`` default): ``AcquireTask`` is not
@@ -257,9 +258,11 @@ def serve_task(address: str, token: str, apps: AppCache, root_certificates: str 
 class WarmRunner:
     """Acquires the SuperNode's ClientApp tasks one by one and serves them in this process."""
 
-    def __init__(self, address: str, poll_interval_s: float, root_certificates: str = "") -> None:
+    def __init__(self, address: str, poll_interval_s: float, root_certificates: str = "",
+                 give_up_after_s: float = 0.0) -> None:
         self.address, self.poll_interval_s = address, poll_interval_s
         self.root_certificates = root_certificates
+        self.give_up_after_s = give_up_after_s  # 0: retry forever
         self.apps = AppCache()
 
     def acquire(self, client) -> str:
@@ -282,6 +285,13 @@ class WarmRunner:
                         unreachable_since = time.monotonic()
                         log.warning("SuperNode at %s unreachable (%s); retrying", self.address,
                                     err)
+                    elif (self.give_up_after_s
+                          and time.monotonic() - unreachable_since > self.give_up_after_s):
+                        raise SystemExit(
+                            f"flbackdoor-clientapp-runner: SuperNode at {self.address} "
+                            f"unreachable for {self.give_up_after_s:.0f} s; exiting (a "
+                            "restarted node's container has a new network namespace: the "
+                            "engine's restart joins it)")
                     time.sleep(self.poll_interval_s)
                     continue
                 if unreachable_since is not None:
@@ -324,6 +334,10 @@ def main(argv: list[str] | None = None) -> None:
                     help="CA of a SuperNode whose Runtime API serves TLS (default: plaintext)")
     ap.add_argument("--preload", default=DEFAULT_PRELOAD,
                     help="modules imported at start (comma-separated)")
+    ap.add_argument("--give-up-after", type=float, default=0.0, metavar="SECONDS",
+                    help="exit (code 1) once the SuperNode has been unreachable this long "
+                         "(default 0: retry forever); for a container whose restart policy "
+                         "starts it again")
     ap.add_argument("--ready-file", type=Path,
                     help="created once the preload is done (a launcher waits for it)")
     ap.add_argument("--ready-dir", type=Path,
@@ -340,6 +354,8 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)  # a line per poll otherwise
     if not 0.01 <= args.poll_interval <= 60:
         ap.error(f"--poll-interval {args.poll_interval}: need 0.01..60 seconds")
+    if args.give_up_after < 0:
+        ap.error(f"--give-up-after {args.give_up_after}: need 0 (never) or more seconds")
     try:
         nodes = [Node.parse(spec) for spec in args.node]
     except ValueError as err:
@@ -350,7 +366,8 @@ def main(argv: list[str] | None = None) -> None:
 
     def serve(address: str) -> None:
         log.info("serving ClientApp tasks of the SuperNode at %s", address)
-        WarmRunner(address, args.poll_interval, args.root_certificates).run()
+        WarmRunner(address, args.poll_interval, args.root_certificates,
+                   args.give_up_after).run()
 
     try:
         if nodes:

@@ -5,8 +5,9 @@ Ten runners that each import PyTorch, the app and the defenses' libraries cost t
 start (about 40 s before the last one was ready, on 2 cores with 10 SuperNodes) and ten private
 copies of those modules' Python objects. Forked from one process that has imported them, each
 runner starts in milliseconds and shares those pages with its siblings until it writes to them
-(copy-on-write). Nothing has run a tensor operation or started a thread before the fork (the
-host checks the thread count), so the children's OpenMP pools and HTTP clients are their own.
+(copy-on-write). Nothing has run a tensor operation, started a thread or touched CUDA before
+the fork (the host checks the last two), so the children's OpenMP pools, CUDA contexts and HTTP
+clients are their own.
 
 The host supervises its runners: one that dies is forked again (at most ``MAX_RESTARTS`` times
 each, logged), so its SuperNode's tasks never wait forever; SIGTERM or SIGINT to the host is
@@ -106,6 +107,11 @@ class RunnerHost:
         if threading.active_count() > 1:
             log.warning("%d threads before the fork: they do not exist in the runners",
                         threading.active_count())
+        torch = sys.modules.get("torch")
+        if torch is not None and torch.cuda.is_initialized():
+            # A forked child cannot use a CUDA context its parent made: each runner makes its
+            # own on its first task.
+            raise RuntimeError("CUDA was initialised before the runners were forked")
         self.log_dir.mkdir(parents=True, exist_ok=True)
         if self.ready_dir is not None:
             self.ready_dir.mkdir(parents=True, exist_ok=True)

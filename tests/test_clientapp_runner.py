@@ -223,14 +223,6 @@ def test_warm_options_are_checked(override, message):
         resolved(override)
 
 
-def test_containers_refuse_warm_runners_until_built():
-    from conftest import resolved
-    from flbackdoor.config import ConfigError
-
-    with pytest.raises(ConfigError, match="not built for containers yet"):
-        resolved("federation=docker", "federation.warm_clientapps=true")
-
-
 def test_a_process_restarted_from_another_thread_outlives_that_thread(tmp_path):
     """Linux's parent-death signal follows the thread that forked: a runner restarted by the
     submit watchdog (a thread that ends with the run's log stream) must not die with it."""
@@ -248,3 +240,18 @@ def test_a_process_restarted_from_another_thread_outlives_that_thread(tmp_path):
         watchdog.join()
         time.sleep(0.5)
         assert group.procs["runner"].poll() is None, "the restarted process is alive"
+
+
+def test_a_runner_gives_up_on_a_node_that_stays_unreachable():
+    """A container's runner (``--give-up-after``) exits once its SuperNode has been unreachable
+    that long, so the engine's restart joins a restarted node's new network namespace; without
+    it the runner keeps retrying."""
+    import time
+
+    from launcher.federation.processes import free_port
+    from supernode.clientapp_runner import WarmRunner
+
+    started = time.monotonic()
+    with pytest.raises(SystemExit, match=r"unreachable for 0 s; exiting"):
+        WarmRunner(f"127.0.0.1:{free_port()}", 0.05, give_up_after_s=0.3).run()
+    assert 0.3 <= time.monotonic() - started < 30

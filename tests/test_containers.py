@@ -89,12 +89,14 @@ def test_committed_compose_files_are_the_generators_output():
 
 def test_compose_gpu_by_default_and_cpu_with_the_switch(gpu_compose, cpu_compose):
     nodes = [f"supernode-{i}" for i in range(4)]
-    assert set(gpu_compose["services"]) == {"certs", "superlink", "register", *nodes, "runner"}
+    runners = [f"clientapps-{i}" for i in range(4)]
+    assert set(gpu_compose["services"]) == {"certs", "superlink", "register", *nodes, *runners,
+                                            "runner"}
     for name, service in gpu_compose["services"].items():
         devices = service.get("deploy", {}).get("resources", {}).get("reservations", {}).get(
             "devices", [])
         gpu = [{"driver": "nvidia", "count": "all", "capabilities": ["gpu"]}]
-        expected = gpu if name in nodes else []
+        expected = gpu if name in runners else []  # what runs the ClientApps
         assert devices == expected, name
     assert not any("deploy" in s for s in cpu_compose["services"].values())
     assert set(cpu_compose["services"]) == set(gpu_compose["services"])
@@ -116,6 +118,19 @@ def test_compose_start_order_tls_and_node_auth(cpu_compose):
         assert key == f"/certs/{role}-{i}"  # in its own folder, mounted at /certs
         assert f"/certs/nodes/{role}-{i}.pub" in s["register"]["command"]
         assert f'partition-id={i} num-partitions=4 role="{role}"' in cmd[-1]
+        # Its warm runner: in the node's network namespace (the Runtime API on its loopback),
+        # started after it, restarted on failure; it holds the data, the node does not.
+        assert cmd[cmd.index("--isolation") + 1] == "process"
+        assert not any(v.endswith(":/data:rw") for v in node["volumes"])
+        runner = s[f"clientapps-{i}"]
+        assert runner["network_mode"] == f"service:supernode-{i}"
+        assert runner["depends_on"] == {f"supernode-{i}": {"condition": "service_started"}}
+        assert runner["restart"] == "on-failure" and runner["init"] is True
+        assert runner["command"][:3] == ["flbackdoor-clientapp-runner", "--runtime-api-address",
+                                         "127.0.0.1:9094"]
+        assert "--give-up-after" in runner["command"]
+        assert "certs" not in str(runner["volumes"])  # a runner holds no key
+        assert any(v.endswith(":/data:rw") for v in runner["volumes"])
     assert "--enable-supernode-auth" in s["superlink"]["command"]
     assert "--insecure" not in str(s)
     # The SuperLink's state (runs, registered keys) in a database on a named volume: it survives
@@ -123,7 +138,8 @@ def test_compose_start_order_tls_and_node_auth(cpu_compose):
     db = s["superlink"]["command"][s["superlink"]["command"].index("--database") + 1]
     assert db == "/state/superlink.db"
     assert [v for v in s["superlink"]["volumes"] if v.split(":")[1:2] == ["/state"]]
-    assert set(s["runner"]["depends_on"]) == {f"supernode-{i}" for i in range(4)}
+    assert set(s["runner"]["depends_on"]) == {f"{kind}-{i}" for i in range(4)
+                                              for kind in ("supernode", "clientapps")}
     # The server certificate names the host the containers dial.
     make_cmd = s["certs"]["command"]
     assert make_cmd[make_cmd.index("--san") + 1] == "superlink"
@@ -173,20 +189,29 @@ def test_docker_launcher_specs_match_the_compose_services(gpu_compose, tmp_path)
                       str(tmp_path / "certs"))
     specs = container_specs(ROLES, IMAGE, True, "fbk-test", paths, {9092: 40001},
                             user="1000:1000", gpu=True)
-    assert [s["hostname"] for s in specs] == ["superlink"] + [f"supernode-{i}" for i in range(4)]
-    for spec in specs:
-        service = gpu_compose["services"][spec["hostname"]]
+    names = [s["labels"]["flbackdoor.service"] for s in specs]
+    assert names == ["superlink"] + [f"{kind}-{i}" for i in range(4)
+                                     for kind in ("supernode", "clientapps")]  # start order
+    for spec, name in zip(specs, names):
+        service = gpu_compose["services"][name]
         assert spec["image"] == service["image"] == IMAGE
         assert spec["command"] == service["command"]
         assert spec["environment"] == service["environment"]
-        assert {int(p.split("/")[0]) for p in spec["ports"]} == \
+        assert {int(p.split("/")[0]) for p in spec.get("ports", {})} == \
             {_target(p) for p in service.get("ports", [])}
         mounts = {v.split(":")[1]: v.split(":")[2] for v in service["volumes"]}
         assert {m["bind"]: m["mode"] for m in spec["volumes"].values()} == mounts
         assert spec["init"] is service["init"] is True
         wants_gpu = "deploy" in service
         assert spec.get("device_requests") == ([GPU_REQUEST] if wants_gpu else None)
-        assert spec["networking_config"] == {"fbk-test": {"Aliases": [spec["hostname"]]}}
+        if name.startswith("clientapps-"):  # the node's namespace; the engine restarts it
+            assert service["network_mode"] == f"service:{name.replace('clientapps', 'supernode')}"
+            assert spec["network_mode"] == f"container:fbk-test-{service['network_mode'][8:]}"
+            assert spec["restart_policy"] == {"Name": "on-failure", "MaximumRetryCount": 5}
+            assert service["restart"] == "on-failure"
+        else:
+            assert spec["networking_config"] == {"fbk-test": {"Aliases": [name]}}
+            assert "restart_policy" not in spec
     assert specs[0]["ports"] == {"9092/tcp": ("127.0.0.1", 40001)}  # the Fleet API only
     assert specs[0]["volumes"][paths.results] == {"bind": "/results", "mode": "rw"}
     assert specs[0]["volumes"][f"{paths.results}/state"] == {"bind": "/state", "mode": "rw"}
@@ -205,9 +230,8 @@ def test_docker_launcher_without_an_engine_says_so(tmp_path, monkeypatch):
 def test_federation_docker_config_is_validated():
     cfg = ExperimentConfig()
     cfg.federation.mode = "docker"
-    with pytest.raises(ConfigError, match="not built for containers yet"):
-        validate(cfg)
-    cfg.federation.warm_clientapps = False  # as conf/federation/docker.yaml has it
+    validate(cfg)  # warm runners (conf/federation/docker.yaml)
+    cfg.federation.warm_clientapps = False
     validate(cfg)
     cfg.federation.gpus = "some"
     with pytest.raises(ConfigError, match="federation.gpus='some' is not one of auto, all, none"):
@@ -289,10 +313,15 @@ def test_services_use_one_command_source():
     """The compose services' commands are the local launcher's commands, only with TLS."""
     from launcher.federation.local import supernode_cmd
 
-    plain = federation_services(["benign"], tls=False)[1].command
-    local = supernode_cmd("superlink", 9092, 9094, 0, 1, "benign")
-    assert plain[:-1] == [Path(local[0]).name, *local[1:-1]]
-    assert plain[-1].startswith(local[-1])  # + this container's data-root and cache-dir
+    from launcher.federation.commands import clientapp_runner_cmd
+
+    for warm in (True, False):
+        plain = federation_services(["benign"], tls=False, warm=warm)[1].command
+        local = supernode_cmd("superlink", 9092, 9094, 0, 1, "benign", warm=warm)
+        assert plain[:-1] == [Path(local[0]).name, *local[1:-1]]
+        assert plain[-1].startswith(local[-1])  # + this container's data-root and cache-dir
+    runner = federation_services(["benign"], tls=False)[2].command
+    assert runner[:-2] == clientapp_runner_cmd(9094, 0.2)  # + its give-up time
 
 
 def test_flbackdoor_compose_writes_other_federations(tmp_path, capsys):
@@ -303,10 +332,16 @@ def test_flbackdoor_compose_writes_other_federations(tmp_path, capsys):
                   "num_rounds=1"])
     (tmp_path / ".env").write_text((REPO / ".env").read_text())
     s = compose_config(cwd=tmp_path)["services"]
-    assert set(s) == {"superlink", "supernode-0", "supernode-1", "runner"}  # no certs, no register
-    assert "--insecure" in s["supernode-1"]["command"] and "deploy" in s["supernode-1"]
+    assert set(s) == {"superlink", "supernode-0", "supernode-1", "clientapps-0", "clientapps-1",
+                      "runner"}  # no certs, no register
+    assert "--insecure" in s["supernode-1"]["command"] and "deploy" in s["clientapps-1"]
     assert s["runner"]["command"][-1] == "num_rounds=1"
     assert not any(a.startswith("attack") for a in s["runner"]["command"])
+    # --cold: Flower's process per message, in the SuperNode's container (which gets the GPU)
+    compose_main(["--dir", str(tmp_path), "--nodes", "2", "--malicious", "1", "--cold"])
+    s = compose_config(cwd=tmp_path)["services"]
+    assert not any(name.startswith("clientapps") for name in s)
+    assert "deploy" in s["supernode-1"] and "--isolation" not in s["supernode-1"]["command"]
     with pytest.raises(SystemExit):
         compose_main(["--dir", str(tmp_path), "--nodes", "2", "--malicious", "3"])
     assert "need 0 <= malicious <= nodes" in capsys.readouterr().err
@@ -326,12 +361,19 @@ def test_docker_launcher_specs_are_valid_sdk_arguments(tmp_path):
                                       | {"version": "1.44"}) for spec in specs]
     for spec, create in zip(specs, creates):
         host = create["host_config"]
-        assert host["Init"] is True and host["NetworkMode"] == "fbk" and create["user"] == "7:7"
-        assert create["networking_config"]["EndpointsConfig"]["fbk"]["Aliases"] == [
-            spec["hostname"]]
+        service = spec["labels"]["flbackdoor.service"]
+        assert host["Init"] is True and create["user"] == "7:7"
+        runs_apps = service.startswith("clientapps-")
+        if runs_apps:  # in its node's network namespace, restarted by the engine
+            node = service.replace("clientapps", "supernode")
+            assert host["NetworkMode"] == f"container:fbk-{node}"
+            assert host["RestartPolicy"] == {"Name": "on-failure", "MaximumRetryCount": 5}
+        else:
+            assert host["NetworkMode"] == "fbk"
+            assert create["networking_config"]["EndpointsConfig"]["fbk"]["Aliases"] == [service]
         gpu = [r["Driver"] for r in host.get("DeviceRequests", [])]
-        assert gpu == ([] if spec["hostname"] == "superlink" else ["nvidia"])
-        assert f"{paths.data}:/data:rw" in host["Binds"]
+        assert gpu == (["nvidia"] if runs_apps else [])
+        assert (f"{paths.data}:/data:rw" in host["Binds"]) == (runs_apps or service == "superlink")
     assert creates[0]["host_config"]["PortBindings"] == {
         "9092/tcp": [{"HostIp": "127.0.0.1", "HostPort": "1"}]}
     register = register_spec(ROLES, IMAGE, "fbk", paths, user="7:7")
@@ -417,6 +459,9 @@ def test_docker_launcher_mounts_each_containers_own_folder(tmp_path):
     holders = {}
     for spec in specs:
         sources = [src for src, m in spec["volumes"].items() if m["bind"] == "/certs"]
+        if spec["labels"]["flbackdoor.service"].startswith("clientapps-"):
+            assert not sources  # a runner needs no key: it talks to its node's loopback only
+            continue
         assert len(sources) == 1 and spec["volumes"][sources[0]]["mode"] == "ro"
         holders[spec["name"]] = {p.name for p in Path(sources[0]).rglob("*") if p.is_file()}
     assert holders["fbk-superlink"] == {"ca.crt", "server.pem", "server.key"}

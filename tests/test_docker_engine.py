@@ -211,13 +211,33 @@ def test_compose_up_runs_the_generated_federation_and_down_leaves_nothing(image,
     # The ServerApp learnt the roles from the SuperNodes themselves: supernode-3 said malicious.
     assert "identified 4 of 4 partitions" in log and "(roles: benign=3, malicious=1)" in log
     assert "malicious partitions sampled: [3]" in log
+    # Every node's messages were served by its warm runner container: identify + 2 rounds each.
+    for i in range(len(ROLES)):
+        served = [line for line in log.splitlines() if line.startswith(f"clientapps-{i}")]
+        assert sum("task train completed" in line for line in served) == 2, served[-20:]
+        assert sum("task query.identify completed" in line for line in served) == 1
     assert not _owned_by_caller(results), _owned_by_caller(results)[:10]
+
+
+def _kill_runner_in(container) -> int:
+    """SIGKILL, from the host, the warm runner inside ``container`` (the child of its init):
+    the container exits with 137 and the engine's restart policy starts it again (a ``docker
+    kill`` would count as a deliberate stop, which restart policies ignore)."""
+    from launcher.federation.processes import descendants
+
+    container.reload()
+    init = container.attrs["State"]["Pid"]
+    runner = descendants([init])[0]
+    os.kill(runner, 9)
+    return runner
 
 
 def test_federation_docker_survives_a_killed_supernode_container(image, tmp_path):
     """``flbackdoor federation=docker``: the SDK starts the containers; when round 2 starts,
-    supernode-1's container is killed (``docker kill``). Round 2 aggregates without its reply
-    and the run completes; every container and the network are gone afterwards."""
+    supernode-1's container is killed (``docker kill``) and so is the warm runner inside
+    clientapps-0's container. Round 2 aggregates without supernode-1's reply but with
+    supernode-0's, served by its restarted runner, and the run completes; every container and
+    the network are gone afterwards."""
     import docker
 
     client = docker.from_env()
@@ -243,6 +263,10 @@ def test_federation_docker_survives_a_killed_supernode_container(image, tmp_path
                 assert len(victim) == 1, victim
                 victim[0].kill()
                 killed = victim[0].labels["flbackdoor.federation"]
+                runner = client.containers.list(
+                    filters={"label": "flbackdoor.service=clientapps-0"})
+                assert len(runner) == 1, runner
+                _kill_runner_in(runner[0])
         assert proc.wait(timeout=900) == 0, "".join(lines)[-5000:]
     finally:
         if proc.poll() is None:
@@ -255,7 +279,12 @@ def test_federation_docker_survives_a_killed_supernode_container(image, tmp_path
     assert [r["missing_nodes"] for r in rows] == [0, 1], rows
     assert [r["num_clients"] for r in rows] == [4, 3], rows
     logs = sorted(p.name for p in (run_dir / "logs").iterdir())
-    assert logs == ["register.log", "superlink.log"] + [f"supernode-{i}.log" for i in range(4)]
+    assert logs == ([f"clientapps-{i}.log" for i in range(4)] + ["register.log", "superlink.log"]
+                    + [f"supernode-{i}.log" for i in range(4)])
+    # The restarted runner container (its log spans both starts) served round 2.
+    restarted = (run_dir / "logs" / "clientapps-0.log").read_text()
+    assert restarted.count("serving ClientApp tasks") == 2, restarted[-3000:]
+    assert restarted.count("task train completed") == 2, restarted[-3000:]
     assert _leftovers(f"flbackdoor.federation={killed}") == {
         "container": [], "network": [], "volume": []}
     assert not client.networks.list(names=[killed])

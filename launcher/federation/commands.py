@@ -91,12 +91,16 @@ def supernode_cmd(superlink: str, port: int, config: str, tls: Tls | None = None
     return cmd + ["--node-config", config]
 
 
-def clientapp_runner_cmd(port: int, poll_interval_s: float, ready_file: str = "") -> list[str]:
+def clientapp_runner_cmd(port: int, poll_interval_s: float, ready_file: str = "",
+                         give_up_after_s: float = 0.0) -> list[str]:
     """The warm ClientApp runner of the SuperNode whose Runtime API is on ``port`` of the same
     host's loopback (``supernode/clientapp_runner.py``); ``ready_file``: touched once it has
-    imported PyTorch and the app."""
+    imported PyTorch and the app; ``give_up_after_s``: exit after that long without reaching
+    the SuperNode (a container's runner: the engine restarts it)."""
     cmd = ["flbackdoor-clientapp-runner", "--runtime-api-address", f"127.0.0.1:{port}",
            "--poll-interval", str(poll_interval_s)]
+    if give_up_after_s:
+        cmd += ["--give-up-after", str(give_up_after_s)]
     return cmd + (["--ready-file", ready_file] if ready_file else [])
 
 

@@ -1,7 +1,9 @@
 """federation=docker: the compose federation started from Python through the Docker SDK.
 
-One SuperLink and one SuperNode container per partition (the services of
-:mod:`launcher.federation.services`, as in ``docker-compose.yml``) on a network of their own,
+One SuperLink container, and per partition a SuperNode container with its warm ClientApp runner
+in a container of its own sharing the node's network namespace (``federation.warm_clientapps``;
+the services of :mod:`launcher.federation.services`, as in ``docker-compose.yml``) on a network
+of their own,
 TLS and SuperNode authentication on (``federation.tls``). This process plays compose's
 ``certs`` and ``runner`` services: it writes the certificates into the run folder (one folder
 per holder; each container mounts only its own, see :mod:`launcher.federation.tls`; ca.key is
@@ -38,6 +40,7 @@ from launcher.federation.submit import (RunFailed, flwr_env, submit, write_flwr_
 APP_IN_IMAGE = "/app"  # the Dockerfile's WORKDIR: `flwr run` builds the Flower App from it
 
 GPU_REQUEST = {"driver": "nvidia", "count": -1, "capabilities": [["gpu"]]}
+RESTART_POLICY = {"Name": "on-failure", "MaximumRetryCount": 5}  # a warm runner's
 
 
 @dataclasses.dataclass(frozen=True)
@@ -78,18 +81,21 @@ def _spec(s: Service, image: str, prefix: str, paths: HostPaths, ports: dict[int
         spec["user"] = user
     if gpu and s.gpu:
         spec["device_requests"] = [dict(GPU_REQUEST)]
+    if s.restart:
+        spec["restart_policy"] = dict(RESTART_POLICY)
     return spec
 
 
 def container_specs(roles: list[str], image: str, tls: bool, prefix: str, paths: HostPaths,
                     ports: dict[int, int], host: str = "127.0.0.1", user: str = "",
-                    gpu: bool = False) -> list[dict]:
-    """``containers.run`` keyword arguments for the SuperLink, then each SuperNode.
+                    gpu: bool = False, warm: bool = True) -> list[dict]:
+    """``containers.run`` keyword arguments for the SuperLink, then each SuperNode followed by
+    its warm ClientApp runner (``warm``), in start order.
 
     ``ports`` maps the SuperLink's published container ports (the Fleet API) to free ports on
-    ``host``; ``gpu`` gives every SuperNode all GPUs."""
+    ``host``; ``gpu`` gives all GPUs to what runs the ClientApps."""
     return [_spec(s, image, prefix, paths, ports, host, user, gpu)
-            for s in federation_services(roles, tls)]
+            for s in federation_services(roles, tls, warm)]
 
 
 def register_spec(roles: list[str], image: str, prefix: str, paths: HostPaths,
@@ -192,7 +198,7 @@ def run_docker(cfg: ExperimentConfig, run_dir: Path) -> int:
     prefix = f"flbackdoor-{os.getpid()}-{int(time.time())}"
     user = f"{os.getuid()}:{os.getgid()}"
     specs = container_specs(roles, f.image, f.tls, prefix, paths, ports, f.host, user,
-                            wants_gpu(client, f.gpus))
+                            wants_gpu(client, f.gpus), f.warm_clientapps)
     # The ServerApp reads the experiment inside the SuperLink container: its folders there.
     inside = dataclasses.replace(
         cfg, data=dataclasses.replace(cfg.data, root=DATA, cache_dir=CACHE))

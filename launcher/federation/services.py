@@ -1,4 +1,5 @@
-"""A containerised federation as plain data: one SuperLink and one SuperNode per partition.
+"""A containerised federation as plain data: one SuperLink, and one SuperNode per partition with
+its warm ClientApp runner beside it.
 
 ``docker-compose.yml`` (rendered by :mod:`launcher.federation.compose`) and
 ``federation=docker`` (:mod:`launcher.federation.docker`) both start these services, so a
@@ -25,7 +26,8 @@ from dataclasses import dataclass, field
 
 from flbackdoor.config import FederationConfig
 from launcher.federation.commands import (CONTROL_PORT, FLEET_PORT, FLOWER_ENV, NODE_PORT, Tls,
-                                            node_config, node_name, superlink_cmd, supernode_cmd)
+                                            clientapp_runner_cmd, node_config, node_name,
+                                            superlink_cmd, supernode_cmd)
 from launcher.federation.tls import NODES_DIR, PUBLIC_DIR, SUPERLINK_DIR
 
 IMAGE = "flbackdoor:latest"
@@ -54,6 +56,7 @@ class Service:
     mounts: tuple[str, ...] = ()  # of DATA, CACHE, RESULTS, STATE
     certs: str = ""  # the certificates sub-folder mounted read-only at CERTS ("": none)
     joins: str = ""  # another service whose network namespace this one shares (its loopback)
+    restart: bool = False  # the engine starts it again when it fails (restart: on-failure)
 
 
 SUPERLINK_CERTS, PUBLIC_CERTS = SUPERLINK_DIR, PUBLIC_DIR
@@ -85,13 +88,34 @@ def superlink_service(tls: bool) -> Service:
                    certs=SUPERLINK_CERTS if tls else "")
 
 
-def supernode_service(partition_id: int, num_partitions: int, role: str, tls: bool) -> Service:
+def supernode_service(partition_id: int, num_partitions: int, role: str, tls: bool,
+                      warm: bool = True) -> Service:
+    """``warm``: the node runs no ClientApp itself (``--isolation process``): its
+    :func:`clientapps_service` does, and gets the GPU and the data."""
     config = node_config(partition_id, num_partitions, role, DATA, CACHE)
     cmd = supernode_cmd(f"{SUPERLINK}:{FLEET_PORT}", NODE_PORT, config,
                         Tls(f"{CERTS}/ca.crt") if tls else None,
-                        node_key(partition_id, role) if tls else "")
+                        node_key(partition_id, role) if tls else "", warm=warm)
     own = node_certs(node_name(partition_id, role)) if tls else ""
-    return Service(f"supernode-{partition_id}", cmd, gpu=True, mounts=(DATA, CACHE), certs=own)
+    return Service(f"supernode-{partition_id}", cmd, gpu=not warm,
+                   mounts=() if warm else (DATA, CACHE), certs=own)
+
+
+# A runner whose SuperNode has been unreachable this long exits, and the engine starts it
+# again: a SuperNode container that was restarted has a new network namespace, and only a new
+# start joins it.
+RUNNER_GIVE_UP_S = 60.0
+
+
+def clientapps_service(partition_id: int) -> Service:
+    """The warm ClientApp runner of ``supernode-<i>`` (``supernode/clientapp_runner.py``): a
+    sidecar in that container's network namespace (the node's Runtime API stays on its
+    loopback, where no other container reaches it), with the GPU and the data; restarted by
+    the engine when it dies."""
+    cmd = clientapp_runner_cmd(NODE_PORT, FederationConfig.superexec_poll_interval_s,
+                               give_up_after_s=RUNNER_GIVE_UP_S)
+    return Service(f"clientapps-{partition_id}", cmd, gpu=True, mounts=(DATA, CACHE),
+                   joins=f"supernode-{partition_id}", restart=True)
 
 
 def register_service(roles: list[str]) -> Service:
@@ -103,8 +127,15 @@ def register_service(roles: list[str]) -> Service:
     return Service("register", cmd, certs=PUBLIC_CERTS, joins=SUPERLINK)
 
 
-def federation_services(roles: list[str], tls: bool = True) -> list[Service]:
+def federation_services(roles: list[str], tls: bool = True, warm: bool = True) -> list[Service]:
     """The SuperLink, then one SuperNode per partition with ``roles[i]`` ("benign" or
-    "malicious"); ``tls``: TLS on every connection and SuperNode authentication."""
+    "malicious"), each followed by its warm ClientApp runner (``warm``; otherwise the node starts
+    a ClientApp process per message, Flower's own path); ``tls``: TLS on every connection and
+    SuperNode authentication."""
     k = len(roles)
-    return [superlink_service(tls)] + [supernode_service(p, k, r, tls) for p, r in enumerate(roles)]
+    out = [superlink_service(tls)]
+    for p, r in enumerate(roles):
+        out.append(supernode_service(p, k, r, tls, warm))
+        if warm:
+            out.append(clientapps_service(p))
+    return out
