@@ -133,8 +133,10 @@ class FederationConfig:
     # clientapp_runner.py) instead of Flower's new process per message; false: Flower's own path
     warm_clientapps: bool = True
     # The SuperNode's sleep after a pull that found nothing (Flower's fixed 3 s); below 3 the
-    # node runs through flbackdoor-supernode (supernode/short_poll.py), which caps it
-    supernode_idle_poll_s: float = 3.0
+    # node runs through flbackdoor-supernode (supernode/short_poll.py), which caps it. 1 s: a
+    # message waits for its node's next pull ~1 s less on average, at no CPU measurable on idle
+    # nodes (docs/BENCHMARKS.md)
+    supernode_idle_poll_s: float = 1.0
     # local: the SuperLink's state in <run>/superlink.db (SQLite) instead of memory. Off by
     # default: on 2 cores its queries took 75-80% of a core and seconds of every round
     # (docs/BENCHMARKS.md); a resumed run needs only the ServerApp's checkpoint

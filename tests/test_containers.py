@@ -25,7 +25,7 @@ from cryptography.hazmat.primitives.serialization import (
     load_ssh_public_key,
 )
 
-from flbackdoor.config import ConfigError, ExperimentConfig, validate
+from flbackdoor.config import ConfigError, ExperimentConfig, FederationConfig, validate
 from launcher.federation.compose import compose_file, gpu_file, render, roles_of
 from launcher.federation.docker import (
     GPU_REQUEST,
@@ -317,7 +317,8 @@ def test_services_use_one_command_source():
 
     for warm in (True, False):
         plain = federation_services(["benign"], tls=False, warm=warm)[1].command
-        local = supernode_cmd("superlink", 9092, 9094, 0, 1, "benign", warm=warm)
+        local = supernode_cmd("superlink", 9092, 9094, 0, 1, "benign", warm=warm,
+                              idle_poll_s=FederationConfig.supernode_idle_poll_s)
         assert plain[:-1] == [Path(local[0]).name, *local[1:-1]]
         assert plain[-1].startswith(local[-1])  # + this container's data-root and cache-dir
     runner = federation_services(["benign"], tls=False)[2].command

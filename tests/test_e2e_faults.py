@@ -66,7 +66,8 @@ def _supernode(partition: int) -> tuple[int, list[str], dict[str, str]]:
         except OSError:
             continue
         text = b" ".join(argv).decode(errors="replace")
-        if "flower-supernode" in text and f"partition-id={partition} " in text:
+        if ("flower-supernode" in text or "flbackdoor-supernode" in text) and \
+                f"partition-id={partition} " in text:
             env = dict(e.decode().split("=", 1) for e in environ if b"=" in e)
             return int(proc.name), [a.decode() for a in argv if a], env
 

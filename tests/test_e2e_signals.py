@@ -170,7 +170,7 @@ def test_launcher_killed_with_sigkill_takes_its_federation_along(tmp_path, cache
         family = descendants([proc.pid])
         names = " ".join(Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
                          for pid in family if _alive(pid))
-        for name in ("flower-superlink", "flower-supernode", "flower-superexec",
+        for name in ("flower-superlink", "-supernode", "flower-superexec",
                      "flwr-serverapp", "reaper.py"):
             assert name in names, name
         proc.send_signal(signal.SIGKILL)

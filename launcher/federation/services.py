@@ -95,7 +95,8 @@ def supernode_service(partition_id: int, num_partitions: int, role: str, tls: bo
     config = node_config(partition_id, num_partitions, role, DATA, CACHE)
     cmd = supernode_cmd(f"{SUPERLINK}:{FLEET_PORT}", NODE_PORT, config,
                         Tls(f"{CERTS}/ca.crt") if tls else None,
-                        node_key(partition_id, role) if tls else "", warm=warm)
+                        node_key(partition_id, role) if tls else "", warm=warm,
+                        idle_poll_s=FederationConfig.supernode_idle_poll_s)
     own = node_certs(node_name(partition_id, role)) if tls else ""
     return Service(f"supernode-{partition_id}", cmd, gpu=not warm,
                    mounts=() if warm else (DATA, CACHE), certs=own)
