@@ -26,7 +26,9 @@ from pathlib import Path
 from common import experiment, floor_seconds, machine, median, parser, run_flbackdoor, scratch
 
 BATCH = 32
-PATHS = {"cold": "federation.warm_clientapps=false", "warm": "federation.warm_clientapps=true"}
+# warm-3s: warm runners, the SuperNode's idle poll left at Flower's 3 s (the default is 1 s)
+PATHS = {"cold": ["federation.warm_clientapps=false"], "warm": ["federation.warm_clientapps=true"],
+         "warm-3s": ["federation.warm_clientapps=true", "federation.supernode_idle_poll_s=3.0"]}
 
 
 def _status_kib(proc: Path, field: str, name: str = "status") -> float:
@@ -82,7 +84,8 @@ class PeakMemory(threading.Thread):
 def measure(nodes: int, rounds: int, path: str, extra: list[str]) -> dict:
     overrides = ["federation=local", f"num_clients={nodes}", f"clients_per_round={nodes}",
                  f"num_rounds={rounds}", f"dataset.max_train_samples={nodes * BATCH}",
-                 f"client.batch_size={BATCH}", "server.eval_max_samples=500", PATHS[path], *extra]
+                 f"client.batch_size={BATCH}", "server.eval_max_samples=500", *PATHS[path],
+                 *extra]
     cfg = experiment(overrides)
     run_dir = scratch() / "run"
     memory = PeakMemory(run_dir)
@@ -109,10 +112,10 @@ def main() -> None:
     ap.add_argument("--nodes", type=int, nargs="+", default=[3, 10])
     ap.add_argument("--rounds", type=int, default=10)
     ap.add_argument("--paths", nargs="+", choices=list(PATHS),
-                    help="default: both (--quick: warm only)")
+                    help="default: cold and warm (--quick: warm only)")
     args = ap.parse_args()
     nodes, rounds = ([3], 2) if args.quick else (args.nodes, args.rounds)
-    paths = args.paths or (["warm"] if args.quick else list(PATHS))
+    paths = args.paths or (["warm"] if args.quick else ["cold", "warm"])
     print(f"machine: {machine()}")
     results = {(n, p): measure(n, rounds, p, args.overrides) for n in nodes for p in paths}
     for (n, p), r in results.items():
