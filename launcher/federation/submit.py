@@ -42,12 +42,14 @@ def installed_manifests() -> list[Path]:
 
 
 def flower_app_dir(run_dir: Path) -> Path:
-    """The folder ``flwr run`` builds the Flower App (FAB) from: the checkout itself, or, for
-    an installed (non-editable) flbackdoor, ``<run>/flower_app``: the installed app packages
-    beside the manifest that pip put in ``<prefix>/share/flbackdoor``."""
-    if (SOURCE_DIR / "pyproject.toml").exists():
-        return SOURCE_DIR
-    manifest = next((m for m in installed_manifests() if m.exists()), None)
+    """The folder ``flwr run`` builds the Flower App (FAB) from, ``<run>/flower_app``: the
+    manifest (the checkout's pyproject.toml, or the one ``pip install .`` put in
+    ``<prefix>/share/flbackdoor``) beside copies of the app packages. Never the checkout itself:
+    ``flwr build`` walks every file under its folder before filtering, and a checkout's
+    ``.venv`` (50,000 files) made that 5.6 s against 1.3 s here, for the same FAB (same
+    hash)."""
+    manifest = next((m for m in [SOURCE_DIR / "pyproject.toml", *installed_manifests()]
+                     if m.exists()), None)
     if manifest is None:
         raise RunFailed(f"no Flower App manifest: neither {SOURCE_DIR / 'pyproject.toml'} nor "
                         f"{' or '.join(map(str, installed_manifests()))}; reinstall flbackdoor")
