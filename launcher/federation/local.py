@@ -53,27 +53,30 @@ def run_local(cfg: ExperimentConfig, run_dir: Path) -> int:
     home = write_flwr_home(run_dir, f"{f.host}:{http}")
     env = flwr_env(home, {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": str(f.superexec_poll_interval_s)})
     run_config = write_run_config(cfg, run_dir, run_dir)
+    roles = node_roles(cfg)
+    ports = {f"clientapps-{pid}": free_port("127.0.0.1") for pid in range(len(roles))}
     with ProcessGroup(run_dir / "logs", env) as procs:
         procs.start("superlink", superlink_cmd(f.host, fleet, http,
                                                database=str(run_dir.resolve() / STATE_DB)
                                                if f.superlink_database else ""))
-        procs.wait_for(lambda: port_open(f.host, http) and port_open(f.host, fleet),
-                       f.startup_timeout_s, "SuperLink")
-        runners: dict[str, int] = {}
-        for pid, role in enumerate(node_roles(cfg)):
-            port = runners[f"clientapps-{pid}"] = free_port("127.0.0.1")  # loopback Runtime API
-            procs.start(f"supernode-{pid}",
-                        supernode_cmd(f.host, fleet, port, pid, cfg.num_clients, role,
-                                      f.warm_clientapps, f.supernode_idle_poll_s),
-                        critical=False)
+        ready = home / "runners-ready"
         if f.warm_clientapps:
             # One process imports PyTorch and the app, then forks a runner per node and
             # re-forks one that dies; restarted itself if it dies (the nodes' tasks would wait
-            # forever). Their imports stay out of the identify wave and the rounds.
-            ready = home / "runners-ready"
-            procs.start("clientapps", runner_host_cmd(runners, f.superexec_poll_interval_s,
+            # forever). Started first: its imports are the longest step of the start-up, and
+            # its runners find their nodes up by the time they are forked.
+            procs.start("clientapps", runner_host_cmd(ports, f.superexec_poll_interval_s,
                                                       procs.log_dir, ready),
                         critical=False, restart=True)
-            procs.wait_for(lambda: ready.is_dir() and len(list(ready.iterdir())) == len(runners),
+        procs.wait_for(lambda: port_open(f.host, http) and port_open(f.host, fleet),
+                       f.startup_timeout_s, "SuperLink")
+        for pid, role in enumerate(roles):  # each node's Runtime API on loopback
+            procs.start(f"supernode-{pid}",
+                        supernode_cmd(f.host, fleet, ports[f"clientapps-{pid}"], pid,
+                                      cfg.num_clients, role, f.warm_clientapps,
+                                      f.supernode_idle_poll_s),
+                        critical=False)
+        if f.warm_clientapps:  # their imports stay out of the identify wave and the rounds
+            procs.wait_for(lambda: ready.is_dir() and len(list(ready.iterdir())) == len(ports),
                            f.startup_timeout_s, "warm ClientApp runners")
         return submit(run_dir, run_config, env, procs)
