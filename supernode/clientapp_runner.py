@@ -25,8 +25,9 @@ sends heartbeats, so a long handler keeps its token (Flower expires it after 2 x
 If the runner dies, the SuperNode's task waits for someone to acquire it (a pending task never
 expires): whoever started it starts it again (a local federation: the runner host of
 :mod:`supernode.runner_host` forks it anew, and the launcher restarts the host; a container: the
-engine's restart policy; on separate machines, a process manager). A task the dead runner was running
-expires after 60 s and the SuperNode replies with Flower's "ClientApp stopped responding" error.
+engine's restart policy; on separate machines, a process manager). A task the dead runner was
+running expires after 60 s and the SuperNode replies with Flower's "ClientApp stopped
+responding" error.
 
 Keep the Runtime API on loopback (``flower-supernode --host`` default): ``AcquireTask`` is not
 authenticated unless a SuperExec auth secret is set.
