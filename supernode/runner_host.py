@@ -19,7 +19,6 @@ ready file.
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import signal
@@ -29,9 +28,10 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
+from launcher.federation.processes import die_with_parent
+
 log = logging.getLogger("flbackdoor.clientapp_runner")
 
-PR_SET_PDEATHSIG = 1  # linux/prctl.h
 MAX_RESTARTS = 5
 
 
@@ -67,14 +67,14 @@ class RunnerHost:
     def fork(self, node: Node) -> int:
         sys.stdout.flush()
         sys.stderr.flush()
-        host = os.getpid()
+        arm = die_with_parent(signal.SIGTERM)  # this process is the parent it watches
         pid = os.fork()
         if pid:
             self.children[pid] = node
             return pid
         code = 1
         try:
-            self._become_runner(node, host)
+            self._become_runner(node, arm)
             self.serve(node)
             code = 0
         except KeyboardInterrupt:
@@ -86,13 +86,10 @@ class RunnerHost:
             sys.stderr.flush()
             os._exit(code)  # never the host's atexit handlers or its finally blocks
 
-    def _become_runner(self, node: Node, host: int) -> None:
+    def _become_runner(self, node: Node, die_with_host: Callable[[], None]) -> None:
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, signal.SIG_DFL)
-        if sys.platform.startswith("linux"):
-            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
-            if os.getppid() != host:  # the host died before prctl: no signal would come
-                os._exit(0)
+        die_with_host()
         out = os.open(self.log_dir / f"{node.name}.log", os.O_WRONLY | os.O_CREAT | os.O_APPEND,
                       0o644)
         os.dup2(out, 1)
