@@ -3,6 +3,7 @@ gRPC (Fleet API) on loopback. Every process is stopped on success, error and Ctr
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 from flbackdoor.config import ExperimentConfig
@@ -42,8 +43,9 @@ def supernode_cmd(host: str, fleet_port: int, port: int, partition_id: int, num_
 
 
 def runner_host_cmd(ports: dict[str, int], poll_interval_s: float, log_dir: Path,
-                    ready_dir: Path) -> list[str]:
-    cmd = commands.runner_host_cmd(ports, poll_interval_s, str(log_dir), str(ready_dir))
+                    ready_dir: Path, compute_slots: int = 0) -> list[str]:
+    cmd = commands.runner_host_cmd(ports, poll_interval_s, str(log_dir), str(ready_dir),
+                                   compute_slots)
     return [flwr_bin(cmd[0]), *cmd[1:]]
 
 
@@ -60,13 +62,14 @@ def run_local(cfg: ExperimentConfig, run_dir: Path) -> int:
                                                database=str(run_dir.resolve() / STATE_DB)
                                                if f.superlink_database else ""))
         ready = home / "runners-ready"
+        shutil.rmtree(ready, ignore_errors=True)  # a resumed run's folder holds the old ones
         if f.warm_clientapps:
             # One process imports PyTorch and the app, then forks a runner per node and
             # re-forks one that dies; restarted itself if it dies (the nodes' tasks would wait
             # forever). Started first: its imports are the longest step of the start-up, and
             # its runners find their nodes up by the time they are forked.
             procs.start("clientapps", runner_host_cmd(ports, f.superexec_poll_interval_s,
-                                                      procs.log_dir, ready),
+                                                      procs.log_dir, ready, f.compute_slots),
                         critical=False, restart=True)
         procs.wait_for(lambda: port_open(f.host, http) and port_open(f.host, fleet),
                        f.startup_timeout_s, "SuperLink")
@@ -76,7 +79,13 @@ def run_local(cfg: ExperimentConfig, run_dir: Path) -> int:
                                       cfg.num_clients, role, f.warm_clientapps,
                                       f.supernode_idle_poll_s),
                         critical=False)
-        if f.warm_clientapps:  # their imports stay out of the identify wave and the rounds
-            procs.wait_for(lambda: ready.is_dir() and len(list(ready.iterdir())) == len(ports),
-                           f.startup_timeout_s, "warm ClientApp runners")
-        return submit(run_dir, run_config, env, procs)
+
+        def runners_ready() -> None:
+            # Waited for while `flwr run` builds and submits the app and the ServerApp starts
+            # (seconds of imports and its first evaluation): the runners' imports overlap them
+            # instead of preceding them, and a host that never gets ready still fails the run.
+            if f.warm_clientapps:
+                procs.wait_for(lambda: ready.is_dir() and len(list(ready.iterdir())) == len(ports),
+                               f.startup_timeout_s, "warm ClientApp runners")
+
+        return submit(run_dir, run_config, env, procs, started=runners_ready)

@@ -16,6 +16,7 @@ import sys
 import sysconfig
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import tomli_w
@@ -105,11 +106,13 @@ def submit(
     federation_config: str | None = None,
     prefix_cmd: list[str] | None = None,
     app_dir: str | Path | None = None,
+    started: Callable[[], None] | None = None,
 ) -> int:
     """``flwr run`` the app, echo its log stream, and raise :class:`RunFailed` unless it
     finished; a federation process dying meanwhile ends the run too. ``prefix_cmd``: run
     ``flwr`` through it (``docker exec <container>``; then ``run_config`` and ``app_dir`` are
-    paths in that container)."""
+    paths in that container). ``started``: called once ``flwr run`` is under way, for the
+    launcher's last readiness waits; what it raises ends the submission."""
     app_dir = app_dir or flower_app_dir(run_dir)
     cmd = [*_flwr(prefix_cmd), "run", str(app_dir), CONNECTION, "--run-config", str(run_config),
            "--stream"]
@@ -136,6 +139,8 @@ def submit(
 
         threading.Thread(target=watch, daemon=True).start()
         try:
+            if started is not None:
+                started()
             assert proc.stdout is not None
             for line in proc.stdout:
                 log.write(line)
