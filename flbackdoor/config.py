@@ -137,6 +137,10 @@ class FederationConfig:
     # message waits for its node's next pull ~1 s less on average, at no CPU measurable on idle
     # nodes (docs/BENCHMARKS.md)
     supernode_idle_poll_s: float = 1.0
+    # local: at most this many ClientApps compute at once on the machine (0: one per CPU), as
+    # the Simulation Engine runs one virtual client per CPU; ten at once on 2 cores each took
+    # about 1.5 times the CPU (supernode/compute_slots.py, docs/BENCHMARKS.md)
+    compute_slots: int = 0
     # local: the SuperLink's state in <run>/superlink.db (SQLite) instead of memory. Off by
     # default: on 2 cores its queries took 75-80% of a core and seconds of every round
     # (docs/BENCHMARKS.md); a resumed run needs only the ServerApp's checkpoint
@@ -414,6 +418,8 @@ def validate(cfg: ExperimentConfig) -> ExperimentConfig:
     check(0.01 <= f.supernode_idle_poll_s <= 3.0,
           f"federation.supernode_idle_poll_s={f.supernode_idle_poll_s} must be in 0.01..3 "
           "(3 is Flower's own sleep)")
+    check(f.compute_slots >= 0,
+          f"federation.compute_slots={f.compute_slots} must be 0 (one per CPU) or more")
     check(0.01 <= f.superexec_poll_interval_s <= 60,
           f"federation.superexec_poll_interval_s={f.superexec_poll_interval_s} must be in 0.01..60")
     if f.mode == "docker":

@@ -36,15 +36,19 @@ authenticated unless a SuperExec auth secret is set.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import logging
+import os
 import sys
+import tempfile
 import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from supernode.flower_version import check as check_flower
+from supernode.compute_slots import ComputeSlots, default_count
 from supernode.runner_host import Node, RunnerHost
 
 log = logging.getLogger("flbackdoor.clientapp_runner")
@@ -205,10 +209,11 @@ def pull_task_input(client):
     return message, context, run, fab
 
 
-def serve_task(address: str, token: str, apps: AppCache, root_certificates: str = "") -> str:
+def serve_task(address: str, token: str, apps: AppCache, root_certificates: str = "",
+               slots: ComputeSlots | None = None) -> str:
     """Run one acquired task to its end, the way ``run_clientapp`` does; returns the task's
     final sub-status. Never raises: whatever the app or the connection does, the runner goes
-    on to the next task."""
+    on to the next task. ``slots``: the app runs holding one of the host's compute slots."""
     from flwr.app import Message
     from flwr.app.error import Error
     from flwr.clientapp.client_app import LoadClientAppError
@@ -225,7 +230,10 @@ def serve_task(address: str, token: str, apps: AppCache, root_certificates: str 
             try:
                 message, context, run, fab = pull_task_input(client)
                 phases["pull"] = time.monotonic() - started
-                reply = apps.get(run, fab)(message=message, context=context)
+                with slots or contextlib.nullcontext():
+                    if slots is not None:
+                        phases["wait"] = slots.waited_s
+                    reply = apps.get(run, fab)(message=message, context=context)
                 phases["app"] = time.monotonic() - started - sum(phases.values())
                 sub_status, details = SubStatus.COMPLETED, ""
             except (Exception, SystemExit) as ex:  # noqa: BLE001 - the app's failure, not ours
@@ -260,10 +268,11 @@ class WarmRunner:
     """Acquires the SuperNode's ClientApp tasks one by one and serves them in this process."""
 
     def __init__(self, address: str, poll_interval_s: float, root_certificates: str = "",
-                 give_up_after_s: float = 0.0) -> None:
+                 give_up_after_s: float = 0.0, slots: ComputeSlots | None = None) -> None:
         self.address, self.poll_interval_s = address, poll_interval_s
         self.root_certificates = root_certificates
         self.give_up_after_s = give_up_after_s  # 0: retry forever
+        self.slots = slots
         self.apps = AppCache()
 
     def acquire(self, client) -> str:
@@ -302,7 +311,7 @@ class WarmRunner:
                 if not token:
                     time.sleep(self.poll_interval_s)
                     continue
-                serve_task(self.address, token, self.apps, self.root_certificates)
+                serve_task(self.address, token, self.apps, self.root_certificates, self.slots)
         finally:
             client.close()
 
@@ -343,6 +352,9 @@ def main(argv: list[str] | None = None) -> None:
                     help="created once the preload is done (a launcher waits for it)")
     ap.add_argument("--ready-dir", type=Path,
                     help="with --node: each runner creates READY_DIR/NAME once it serves")
+    ap.add_argument("--compute-slots", type=int, default=0, metavar="N",
+                    help="with --node: at most N of the runners run their ClientApp at once "
+                         "(default 0: the CPUs this process may use; supernode/compute_slots.py)")
     args = ap.parse_args(argv)
     check_flower("flbackdoor-clientapp-runner")
     # Our own lines only: Flower's logger (the app's lines too) prints through its own handler,
@@ -357,6 +369,8 @@ def main(argv: list[str] | None = None) -> None:
         ap.error(f"--poll-interval {args.poll_interval}: need 0.01..60 seconds")
     if args.give_up_after < 0:
         ap.error(f"--give-up-after {args.give_up_after}: need 0 (never) or more seconds")
+    if args.compute_slots < 0:
+        ap.error(f"--compute-slots {args.compute_slots}: need 0 (the CPUs) or more")
     try:
         nodes = [Node.parse(spec) for spec in args.node]
     except ValueError as err:
@@ -365,18 +379,32 @@ def main(argv: list[str] | None = None) -> None:
     if args.ready_file:
         args.ready_file.touch()
 
-    def serve(address: str) -> None:
+    def serve(address: str, slots: ComputeSlots | None = None) -> None:
         log.info("serving ClientApp tasks of the SuperNode at %s", address)
         WarmRunner(address, args.poll_interval, args.root_certificates,
-                   args.give_up_after).run()
+                   args.give_up_after, slots).run()
 
-    try:
-        if nodes:
-            RunnerHost(nodes, lambda node: serve(node.address), args.log_dir, args.ready_dir).run()
-        else:
+    if not nodes:
+        try:
             serve(args.runtime_api_address)
-    except KeyboardInterrupt:
-        pass
+        except KeyboardInterrupt:
+            pass
+        return
+    count = args.compute_slots or default_count()
+    with tempfile.TemporaryDirectory(prefix="flbackdoor-slots-") as folder:
+        log.info("%d compute slots for %d runners", count, len(nodes))
+        try:
+            code = RunnerHost(nodes, lambda node: serve(node.address,
+                                                        ComputeSlots(Path(folder), count)),
+                              args.log_dir, args.ready_dir).run()
+        except KeyboardInterrupt:
+            code = 0
+    # Every runner has ended and nothing is left to clean up: the interpreter's teardown of
+    # PyTorch and the app's modules would keep the launcher's stop waiting 1-3 s for nothing.
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 if __name__ == "__main__":

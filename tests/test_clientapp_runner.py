@@ -191,6 +191,8 @@ def test_warm_supernode_commands():
     assert [host[i + 1] for i, a in enumerate(host) if a == "--node"] == [
         "clientapps-0=127.0.0.1:4000", "clientapps-1=127.0.0.1:4001"]
     assert host[host.index("--log-dir") + 1] == "/l" and host[host.index("--ready-dir") + 1] == "/r"
+    assert host[host.index("--compute-slots") + 1] == "0"
+    assert runner_host_cmd({"a": 1}, 0.2, "/l", "/r", compute_slots=3)[-3] == "3"
 
 
 def test_the_short_poll_caps_only_the_idle_sleep(monkeypatch):
@@ -209,6 +211,8 @@ def test_the_short_poll_caps_only_the_idle_sleep(monkeypatch):
     ("federation.supernode_idle_poll_s=0", "supernode_idle_poll_s=0.0 must be in 0.01..3"),
     ("federation.supernode_idle_poll_s=5", "supernode_idle_poll_s=5.0 must be in 0.01..3"),
     ("federation.superexec_poll_interval_s=0", "superexec_poll_interval_s=0.0 must be in"),
+    ("federation.compute_slots=-1", "compute_slots=-1 must be 0"),
+    ("federation.compute_slots=4", None),
     ("federation=docker", None),
     ("federation.warm_clientapps=true", None),
 ])

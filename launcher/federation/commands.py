@@ -105,13 +105,13 @@ def clientapp_runner_cmd(port: int, poll_interval_s: float, ready_file: str = ""
 
 
 def runner_host_cmd(ports: dict[str, int], poll_interval_s: float, log_dir: str,
-                    ready_dir: str) -> list[str]:
+                    ready_dir: str, compute_slots: int = 0) -> list[str]:
     """One process that imports PyTorch and the app once and forks a warm runner for each
     SuperNode of this host (``supernode/runner_host.py``): ``ports`` maps a runner's name (its
     log ``log_dir/NAME.log``, its ready file ``ready_dir/NAME``) to its node's Runtime API port
-    on loopback."""
+    on loopback; ``compute_slots``: at most that many compute at once (0: one per CPU)."""
     cmd = ["flbackdoor-clientapp-runner", "--poll-interval", str(poll_interval_s),
-           "--log-dir", log_dir, "--ready-dir", ready_dir]
+           "--log-dir", log_dir, "--ready-dir", ready_dir, "--compute-slots", str(compute_slots)]
     for name, port in ports.items():
         cmd += ["--node", f"{name}=127.0.0.1:{port}"]
     return cmd
