@@ -86,3 +86,29 @@ def test_the_virtual_clients_run_in_the_clusters_workers(tmp_path, cache_dir, ra
                                       timeout=120).stdout.splitlines()[-1])
     worker = next(n for n, cpus in after["nodes"].items() if cpus == 2)
     assert after["actors"] and set(after["actors"]) == {worker}, after
+
+
+def test_a_sweep_runs_its_jobs_as_tasks_on_the_cluster(tmp_path, cache_dir, ray_cluster):
+    """``hydra/launcher=ray``: each job of the sweep is a Ray task; the head has no CPUs, so
+    both can only run on the second node, side by side (2 CPUs, 1 a job)."""
+    import csv
+    import json
+    import re
+
+    sweep = tmp_path / "sweep"
+    res = flbackdoor(["-m", "hydra/launcher=ray", f"hydra.launcher.address={ray_cluster}",
+                      "federation=simulation", "federation.num_cpus=1", *data_args(cache_dir),
+                      "num_clients=2", "clients_per_round=2", "num_rounds=1",
+                      "dataset.max_train_samples=1000", "server.eval_max_samples=500",
+                      "seed=0,1", f"hydra.sweep.dir={sweep}"])
+    out = res.stdout + res.stderr
+    assert res.returncode == 0, out[-4000:]
+    with (sweep / "sweep_summary.csv").open() as f:
+        done = list(csv.DictReader(f))
+    assert len(done) == 2 and all(r["status"] == "done" for r in done), done
+    state = json.loads(subprocess.run([sys.executable, "-c", CLUSTER_STATE, ray_cluster],
+                                      capture_output=True, text=True, check=True,
+                                      timeout=120).stdout.splitlines()[-1])
+    worker = next(n for n, cpus in state["nodes"].items() if cpus == 2)
+    ran_on = re.findall(r"#(\d) ran on Ray node (\w+): COMPLETED", out)
+    assert sorted(ran_on) == [("0", worker), ("1", worker)], out[-4000:]
