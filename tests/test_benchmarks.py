@@ -21,6 +21,7 @@ FIGURES = {
     "idle_nodes.py": r"idle federation CPU: poll 3.0 s ([0-9.]+)%, poll 0.25 s ([0-9.]+)%$",
     "cold_start.py": r"ClientApp cold start ([0-9.]+) s; partition load ([0-9.]+) ms",
     "parallel_sweep.py": r"parallel sweep speed-up \(sequential / parallel wall time\): ([0-9.]+)$",
+    "compute_slots.py": r"CPU a task, all at once / through the slots: ([0-9.]+)$",
 }
 
 
