@@ -17,7 +17,8 @@ import pytest
 
 from conftest import REPO, data_args, project_copy, requires_shared_data
 
-PACKAGES = ("flbackdoor", "server", "client", "attacker", "defenses", "launcher")
+PACKAGES = ("flbackdoor", "server", "client", "attacker", "defenses", "launcher", "supernode",
+            "hydra_plugins/flbackdoor_ray_launcher")
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +63,11 @@ def test_an_installed_flbackdoor_runs_an_experiment_outside_the_checkout(wheel, 
                             "print(server.__file__)"], cwd=work, capture_output=True, text=True,
                            check=True).stdout.split()
     assert all(f.startswith(str(site)) for f in found), found
+    launchers = subprocess.run(  # hydra/launcher=ray: Hydra finds the installed plugin
+        [python, "-c", "from hydra.core.plugins import Plugins; from hydra.plugins.launcher "
+         "import Launcher; print([c.__module__ for c in Plugins.instance().discover(Launcher)])"],
+        cwd=work, capture_output=True, text=True, check=True).stdout
+    assert "hydra_plugins.flbackdoor_ray_launcher.ray_launcher" in launchers, launchers
     # Flower's own executables (flower-superlink, flower-supernode, flwr) come from PATH.
     env = {**os.environ, "PATH": f"{env_dir / 'bin'}{os.pathsep}{Path(sys.executable).parent}"
                                  f"{os.pathsep}{os.environ['PATH']}"}
