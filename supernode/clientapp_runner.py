@@ -47,8 +47,8 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from supernode.flower_version import check as check_flower
 from supernode.compute_slots import ComputeSlots, default_count
+from supernode.flower_version import check as check_flower
 from supernode.runner_host import Node, RunnerHost
 
 log = logging.getLogger("flbackdoor.clientapp_runner")
