@@ -21,7 +21,7 @@ from pathlib import Path
 import torch
 
 from common import experiment, parser
-from supernode.compute_slots import ComputeSlots, default_count  # noqa: E402 (after common)
+from supernode.compute_slots import ComputeSlots, default_count
 
 
 def _task(model_cfg, n, batch, slots_dir, slot_count, out) -> None:

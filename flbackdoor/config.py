@@ -139,7 +139,7 @@ class FederationConfig:
     supernode_idle_poll_s: float = 1.0
     # local: at most this many ClientApps compute at once on the machine (0: one per CPU), as
     # the Simulation Engine runs one virtual client per CPU; ten at once on 2 cores each took
-    # about 1.5 times the CPU (supernode/compute_slots.py, docs/BENCHMARKS.md)
+    # 1.2-1.5 times the CPU (supernode/compute_slots.py, docs/BENCHMARKS.md)
     compute_slots: int = 0
     # local: the SuperLink's state in <run>/superlink.db (SQLite) instead of memory. Off by
     # default: on 2 cores its queries took 75-80% of a core and seconds of every round

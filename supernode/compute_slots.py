@@ -2,10 +2,10 @@
 
 A round that samples ten nodes of a 2-core host hands all ten runners a task at once. Ten
 single-threaded trainings time-sliced on two cores evict each other's caches: measured here
-(``benchmarks/compute_slots.py``: the MNIST CNN, one epoch of 6,000 images, one thread each),
-a task's CPU time grows from 2.4 s when two run at a time to 3.6 s when ten do, so the round
-waits for half as much work again as the same tasks run two at a time, which is what the
-Simulation Engine's Ray does with one CPU per client. The runners therefore take a slot for
+(the MNIST CNN, one epoch of 6,000 images, one thread each), a task's CPU time grew from 2.4 s
+with two at a time to 3.6 s with ten in a plain loop, and by 1.2-1.4 times against the same ten
+through these slots in ``benchmarks/compute_slots.py``. Two at a time is what the Simulation
+Engine's Ray does with one CPU per client. The runners therefore take a slot for
 the ClientApp call only: pulling the input and pushing the reply stay concurrent, and the
 task's heartbeats go on while it waits.
 
