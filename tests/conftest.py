@@ -67,6 +67,14 @@ def flbackdoor(args: list[str], timeout: float = 600, env: dict | None = None,
         timeout=timeout, env={**os.environ, **(env or {})}, **popen)
 
 
+def sweep_summary(sweep_dir: Path) -> list[dict]:
+    """The rows of a sweep's ``sweep_summary.csv``, as the jobs' callbacks wrote them."""
+    import csv
+
+    with (sweep_dir / "sweep_summary.csv").open() as f:
+        return list(csv.DictReader(f))
+
+
 def node_log(run_dir: Path, partition: int) -> str:
     """What a local deployment's node ``partition`` logged: its SuperNode's log, then its warm
     ClientApp runner's (where the ClientApp's own lines go; with Flower's process per message

@@ -5,6 +5,7 @@ they did: the virtual clients ran in the cluster's workers, not in a private loc
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -15,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import data_args, flbackdoor, requires_shared_data
+from conftest import data_args, flbackdoor, requires_shared_data, sweep_summary
 from launcher.federation.processes import descendants, free_port
 
 pytestmark = [requires_shared_data, pytest.mark.e2e]
@@ -32,6 +33,13 @@ actors = [a["Address"]["NodeID"] for a in state.actors().values()
           if a["ActorClassName"] == "ClientAppActor"]
 print(json.dumps({"nodes": nodes, "actors": actors}))
 """
+
+
+def cluster_state(address: str) -> dict:
+    """``CLUSTER_STATE``'s answer for the cluster at ``address``."""
+    out = subprocess.run([sys.executable, "-c", CLUSTER_STATE, address], capture_output=True,
+                         text=True, check=True, timeout=120).stdout
+    return json.loads(out.splitlines()[-1])
 
 
 def _kill_cluster(temp_dir: str) -> None:
@@ -69,11 +77,7 @@ def ray_cluster():
 
 
 def test_the_virtual_clients_run_in_the_clusters_workers(tmp_path, cache_dir, ray_cluster):
-    import json
-
-    before = json.loads(subprocess.run([sys.executable, "-c", CLUSTER_STATE, ray_cluster],
-                                       capture_output=True, text=True, check=True,
-                                       timeout=120).stdout.splitlines()[-1])
+    before = cluster_state(ray_cluster)
     assert sorted(before["nodes"].values()) == [0, 2] and before["actors"] == []
     res = flbackdoor(["federation=simulation", f"federation.ray_address={ray_cluster}",
                       *data_args(cache_dir), "num_clients=2", "clients_per_round=2",
@@ -81,9 +85,7 @@ def test_the_virtual_clients_run_in_the_clusters_workers(tmp_path, cache_dir, ra
                       "server.eval_max_samples=500", f"hydra.run.dir={tmp_path}"])
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     assert json.loads((tmp_path / "summary.json").read_text())["rounds"] == 1
-    after = json.loads(subprocess.run([sys.executable, "-c", CLUSTER_STATE, ray_cluster],
-                                      capture_output=True, text=True, check=True,
-                                      timeout=120).stdout.splitlines()[-1])
+    after = cluster_state(ray_cluster)
     worker = next(n for n, cpus in after["nodes"].items() if cpus == 2)
     assert after["actors"] and set(after["actors"]) == {worker}, after
 
@@ -91,8 +93,6 @@ def test_the_virtual_clients_run_in_the_clusters_workers(tmp_path, cache_dir, ra
 def test_a_sweep_runs_its_jobs_as_tasks_on_the_cluster(tmp_path, cache_dir, ray_cluster):
     """``hydra/launcher=ray``: each job of the sweep is a Ray task; the head has no CPUs, so
     both can only run on the second node, side by side (2 CPUs, 1 a job)."""
-    import csv
-    import json
     import re
 
     sweep = tmp_path / "sweep"
@@ -103,12 +103,9 @@ def test_a_sweep_runs_its_jobs_as_tasks_on_the_cluster(tmp_path, cache_dir, ray_
                       "seed=0,1", f"hydra.sweep.dir={sweep}"])
     out = res.stdout + res.stderr
     assert res.returncode == 0, out[-4000:]
-    with (sweep / "sweep_summary.csv").open() as f:
-        done = list(csv.DictReader(f))
+    done = sweep_summary(sweep)
     assert len(done) == 2 and all(r["status"] == "done" for r in done), done
-    state = json.loads(subprocess.run([sys.executable, "-c", CLUSTER_STATE, ray_cluster],
-                                      capture_output=True, text=True, check=True,
-                                      timeout=120).stdout.splitlines()[-1])
+    state = cluster_state(ray_cluster)
     worker = next(n for n, cpus in state["nodes"].items() if cpus == 2)
     ran_on = re.findall(r"#(\d) ran on Ray node (\w+): COMPLETED", out)
     assert sorted(ran_on) == [("0", worker), ("1", worker)], out[-4000:]

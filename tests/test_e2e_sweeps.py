@@ -5,12 +5,11 @@ job in ``sweep_summary.csv`` as the basic launcher does."""
 
 from __future__ import annotations
 
-import csv
 import os
 
 import pytest
 
-from conftest import data_args, flbackdoor, requires_shared_data
+from conftest import data_args, flbackdoor, requires_shared_data, sweep_summary
 
 pytestmark = [requires_shared_data, pytest.mark.e2e]
 
@@ -21,17 +20,12 @@ def tiny(cache_dir, sweep_dir, *extra):
             "server.eval_max_samples=500", "seed=0,1", f"hydra.sweep.dir={sweep_dir}", *extra]
 
 
-def rows(sweep_dir):
-    with (sweep_dir / "sweep_summary.csv").open() as f:
-        return list(csv.DictReader(f))
-
-
 def test_joblib_runs_the_jobs_side_by_side(tmp_path, cache_dir):
     sweep = tmp_path / "sweep"
     res = flbackdoor(tiny(cache_dir, sweep, "hydra/launcher=joblib", "hydra.launcher.n_jobs=2",
                           "federation.num_cpus=1"))
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    done = rows(sweep)
+    done = sweep_summary(sweep)
     assert sorted(o for r in done for o in r["overrides"].split() if o.startswith("seed=")) == [
         "seed=0", "seed=1"]
     assert all(r["status"] == "done" and float(r["final_main_accuracy"]) > 0.3 for r in done)
@@ -47,7 +41,7 @@ def test_submitit_local_runs_the_slurm_path_on_this_machine(tmp_path, cache_dir)
     res = flbackdoor(tiny(cache_dir, sweep, "hydra/launcher=submitit_local",
                           "hydra.launcher.timeout_min=20"))
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
-    done = rows(sweep)
+    done = sweep_summary(sweep)
     assert len(done) == 2 and all(r["status"] == "done" for r in done), done
     # submitit's own records of the two jobs: its log folder with each job's stdout.
     assert len(list(sweep.glob(".submitit/*/*_log.out"))) == 2
